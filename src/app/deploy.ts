@@ -1,0 +1,145 @@
+/**
+ * The deploy service: load → resolve → observe → plan → (confirm) → lock → execute → record.
+ * `plan`, `deploy --dry-run` and `deploy` all go through `prepare`, so they share one planner.
+ */
+import { dirname, join, resolve } from 'node:path';
+import { DirectorError, userError } from '../errors.js';
+import { loadDeployment, loadHealthChecks } from '../manifest/load.js';
+import { makeRedactor } from '../manifest/vars.js';
+import type { HealthCheckDef, LoadedDeployment } from '../manifest/types.js';
+import { resolveDesired } from '../plan/desired.js';
+import { plan as makePlan } from '../plan/plan.js';
+import type { Desired, Plan } from '../plan/types.js';
+import { ProviderSet } from '../providers/registry.js';
+import { loadRelease, type Release } from '../release/release.js';
+import { RolloutExecutor, taskErrorFromFailure, type RolloutResult } from '../rollout/executor.js';
+import { Ssh2Connector } from '../ssh/connection.js';
+import type { SshConnector } from '../ssh/types.js';
+import { DEFAULT_LEASE_MS } from '../tasks/locks.js';
+import { taskErrorOf, type EventRow } from '../tasks/tasks.js';
+import type { DirectorContext } from './context.js';
+import { observe } from './observe.js';
+
+export interface DeployInput {
+  manifestPath: string;
+  cloudConfigPath?: string;
+  vars?: Record<string, string>;
+  varsFiles?: string[];
+}
+
+export interface Prepared {
+  loaded: LoadedDeployment;
+  releases: Map<string, Release>;
+  desired: Desired;
+  plan: Plan;
+  providers: ProviderSet;
+  healthChecks: Map<string, HealthCheckDef[]>;
+  redact: (s: string) => string;
+  warnings: string[];
+}
+
+export async function prepare(ctx: DirectorContext, input: DeployInput): Promise<Prepared> {
+  const loaded = loadDeployment(resolve(input.manifestPath), { cloudConfigPath: input.cloudConfigPath, vars: input.vars, varsFiles: input.varsFiles });
+  const redact = makeRedactor(loaded.vars);
+  const releases = new Map<string, Release>();
+  for (const r of loaded.manifest.releases) {
+    const release = loadRelease(r.path);
+    if (release.name !== r.name) {
+      throw userError('release_name_mismatch', `${loaded.manifestFile}: release '${r.name}' points at ${r.path}, whose release.yml names '${release.name}'`, { hint: 'make the names match' });
+    }
+    releases.set(r.name, release);
+  }
+  const desired = resolveDesired(loaded, releases, ctx.digest);
+  const canaryDirs = [join(dirname(loaded.manifestFile), '..', 'canaries'), join(dirname(loaded.manifestFile), 'canaries'), resolve('canaries')];
+  const healthChecks = new Map<string, HealthCheckDef[]>();
+  for (const ig of loaded.manifest.instanceGroups) healthChecks.set(ig.name, loadHealthChecks(ig.health, canaryDirs));
+  const providers = ProviderSet.forCloudConfig(loaded.cloudConfig, ctx.home);
+  const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
+  const { observed } = await observe(ctx, providers, desired.deployment, usedClouds);
+  const plan = makePlan(desired, observed);
+  return { loaded, releases, desired, plan, providers, healthChecks, redact, warnings: (loaded as { warnings?: string[] }).warnings ?? [] };
+}
+
+export interface DeployOutcome {
+  taskId: number | null;
+  plan: Plan;
+  result: RolloutResult | null;
+}
+
+export async function deploy(
+  ctx: DirectorContext,
+  prepared: Prepared,
+  opts: { onEvent?: (e: EventRow) => void; onTask?: (id: number) => void; ssh?: SshConnector; signal?: AbortSignal } = {},
+): Promise<DeployOutcome> {
+  const { desired, plan } = prepared;
+  const taskId = ctx.tasks.create('deploy', desired.deployment, `deploy ${desired.deployment}`);
+  opts.onTask?.(taskId);
+  const lockName = `deployment:${desired.deployment}`;
+  const emit = (stage: string, state: string, message: string | null = null, data: Record<string, unknown> | null = null) => {
+    opts.onEvent?.(ctx.tasks.addEvent(taskId, stage, null, state, message, data));
+  };
+  let locked = false;
+  let renew: NodeJS.Timeout | undefined;
+  try {
+    ctx.tasks.closeAbandoned();
+    ctx.locks.acquire(lockName, taskId);
+    locked = true;
+    renew = setInterval(() => ctx.locks.renew(lockName, taskId), DEFAULT_LEASE_MS / 3);
+    renew.unref();
+
+    // The plan shown may be minutes old (a person read it): refuse it if what runs has changed.
+    const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
+    const fresh = makePlan(desired, (await observe(ctx, prepared.providers, desired.deployment, usedClouds)).observed);
+    if (fresh.observedFingerprint !== plan.observedFingerprint) {
+      throw userError('plan_stale', `the deployment changed since this plan was made (observed ${plan.observedFingerprint}, now ${fresh.observedFingerprint})`, { hint: 'run the command again to see the new plan' });
+    }
+    ctx.store.upsertDeployment(desired.deployment, prepared.loaded.manifestFile, prepared.loaded.cloudConfigFile, prepared.loaded.cloudConfig.clouds);
+    emit('plan', 'finished', `${summaryLine(plan)}`, { summary: plan.summary, etaMs: plan.etaMs });
+    if (plan.noop) {
+      emit('deploy', 'finished', 'no changes');
+      ctx.tasks.finish(taskId, 'done', 'no changes');
+      return { taskId, plan, result: { ok: true, done: [], failed: [], skipped: [] } };
+    }
+    const executor = new RolloutExecutor({
+      store: ctx.store,
+      tasks: ctx.tasks,
+      taskId,
+      clock: ctx.clock,
+      providers: prepared.providers,
+      ssh: opts.ssh ?? new Ssh2Connector(),
+      keys: ctx.keys,
+      directorId: ctx.directorId,
+      loaded: prepared.loaded,
+      releases: prepared.releases,
+      desired,
+      healthChecks: prepared.healthChecks,
+      redact: prepared.redact,
+      onEvent: opts.onEvent,
+    });
+    const result = await executor.run(plan);
+    if (result.ok) {
+      emit('deploy', 'finished', `${result.done.length} instance(s) updated`);
+      ctx.tasks.finish(taskId, 'done', `${result.done.length} instance(s) updated`);
+    } else {
+      const first = result.failed[0]!;
+      emit('deploy', 'failed', `${first.instance} failed at ${first.step}; ${result.skipped.length} instance(s) not started`);
+      ctx.tasks.finish(taskId, 'error', null, taskErrorFromFailure(first, `director task ${taskId} --vm ${first.instance} shows that instance's full log; fix the cause and deploy again (unchanged instances are skipped)`));
+    }
+    return { taskId, plan, result };
+  } catch (err) {
+    const e = err instanceof DirectorError ? err : new DirectorError('internal', 'internal', err instanceof Error ? err.message : String(err), { cause: err });
+    emit('deploy', 'failed', prepared.redact(e.message));
+    ctx.tasks.finish(taskId, 'error', null, taskErrorOf(e));
+    throw e;
+  } finally {
+    if (renew) clearInterval(renew);
+    if (locked) ctx.locks.release(lockName, taskId);
+    await prepared.providers.closeAll();
+  }
+}
+
+export function summaryLine(plan: Plan): string {
+  const s = plan.summary;
+  const parts = (['create', 'update', 'recreate', 'restart', 'delete'] as const).filter((k) => s[k] > 0).map((k) => `${s[k]} to ${k}`);
+  return parts.length ? parts.join(', ') + (s.none ? `, ${s.none} unchanged` : '') : 'no changes';
+}

@@ -1,0 +1,49 @@
+/** Builds one provider per cloud of the cloud-config that a deployment uses. */
+import { userError } from '../errors.js';
+import type { CloudConfig, CloudDef } from '../manifest/types.js';
+import { LocalProvider } from './local/index.js';
+import type { Provider } from './provider.js';
+
+export class ProviderSet {
+  private readonly providers = new Map<string, Provider>();
+
+  constructor(private readonly clouds: CloudDef[], private readonly home: string) {}
+
+  static forCloudConfig(cc: CloudConfig, home: string): ProviderSet {
+    return new ProviderSet(cc.clouds, home);
+  }
+
+  def(cloud: string): CloudDef {
+    const def = this.clouds.find((c) => c.name === cloud);
+    if (!def) throw userError('cloud_unknown', `cloud '${cloud}' is not defined in the cloud-config`, { hint: `clouds defined: ${this.clouds.map((c) => c.name).join(', ')}` });
+    return def;
+  }
+
+  get(cloud: string): Provider {
+    let p = this.providers.get(cloud);
+    if (!p) {
+      const def = this.def(cloud);
+      switch (def.type) {
+        case 'local':
+          p = new LocalProvider({ cloud: def.name, home: this.home });
+          break;
+        default:
+          throw userError('cloud_type_unsupported', `cloud '${def.name}' has type '${def.type}', which this version of director cannot drive yet`, {
+            hint: 'supported types: local',
+          });
+      }
+      this.providers.set(cloud, p);
+    }
+    return p;
+  }
+
+  /** The director's directory on this cloud's VMs, relative to the SSH user's home unless absolute. */
+  baseDir(cloud: string): string {
+    const v = this.def(cloud).properties.base_dir;
+    return typeof v === 'string' && v !== '' ? v : 'director';
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all([...this.providers.values()].map((p) => p.close()));
+  }
+}
