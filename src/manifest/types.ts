@@ -29,6 +29,8 @@ export interface ManifestRelease {
   name: string;
   /** absolute path of the release directory (resolved relative to the manifest file) */
   path: string;
+  /** the version as written in the manifest (`621.740` keeps its trailing zero); undefined: not given */
+  version?: string;
 }
 
 export interface JobRef {
@@ -95,6 +97,11 @@ export interface LoadedDeployment {
   cloudConfigFile: string;
   /** every var that was substituted into the manifest or cloud-config */
   vars: UsedVar[];
+  /**
+   * `file:line: ...` messages about things accepted but ignored (BOSH keys not supported yet).
+   * Show them to the operator; they do not stop a deploy.
+   */
+  warnings?: string[];
 }
 
 /** A health check definition from canaries/<name>.yml. */
