@@ -60,6 +60,23 @@ export async function prepare(ctx: DirectorContext, input: DeployInput): Promise
   return { loaded, releases, desired, plan, providers, healthChecks, redact, warnings: (loaded as { warnings?: string[] }).warnings ?? [] };
 }
 
+/**
+ * Every real deploy is a task from its first step, so a manifest error or a refused prompt is
+ * recorded like any other outcome: `director tasks` tells the whole story.
+ */
+export async function prepareInTask(ctx: DirectorContext, taskId: number, input: DeployInput): Promise<Prepared> {
+  try {
+    return await prepare(ctx, input);
+  } catch (err) {
+    const e = err instanceof DirectorError ? err : new DirectorError('internal', 'internal', err instanceof Error ? err.message : String(err), { cause: err });
+    const where = e.location?.file ? `${e.location.file}${e.location.line ? `:${e.location.line}` : ''}: ` : '';
+    const message = where && !e.message.startsWith(where.slice(0, -2)) ? where + e.message : e.message;
+    ctx.tasks.addEvent(taskId, 'prepare', null, 'failed', message);
+    ctx.tasks.finish(taskId, 'error', null, { ...taskErrorOf(e), message });
+    throw err;
+  }
+}
+
 export interface DeployOutcome {
   taskId: number | null;
   plan: Plan;
@@ -69,10 +86,11 @@ export interface DeployOutcome {
 export async function deploy(
   ctx: DirectorContext,
   prepared: Prepared,
-  opts: { onEvent?: (e: EventRow) => void; onTask?: (id: number) => void; ssh?: SshConnector; signal?: AbortSignal } = {},
+  opts: { taskId?: number; onEvent?: (e: EventRow) => void; onTask?: (id: number) => void; ssh?: SshConnector } = {},
 ): Promise<DeployOutcome> {
   const { desired, plan } = prepared;
-  const taskId = ctx.tasks.create('deploy', desired.deployment, `deploy ${desired.deployment}`);
+  const taskId = opts.taskId ?? ctx.tasks.create('deploy', desired.deployment, `deploy ${desired.deployment}`);
+  ctx.tasks.setDeployment(taskId, desired.deployment);
   opts.onTask?.(taskId);
   const lockName = `deployment:${desired.deployment}`;
   const emit = (stage: string, state: string, message: string | null = null, data: Record<string, unknown> | null = null) => {

@@ -8,7 +8,7 @@ import { Command, CommanderError } from 'commander';
 import { createInterface } from 'node:readline/promises';
 import { openContext, directorHome, type DirectorContext } from '../app/context.js';
 import { deleteDeployment } from '../app/delete.js';
-import { deploy, prepare, type DeployInput } from '../app/deploy.js';
+import { deploy, prepare, prepareInTask, type DeployInput } from '../app/deploy.js';
 import { listVms } from '../app/vms.js';
 import { formatLocation, isDirectorError, userError } from '../errors.js';
 import { LocalCloudClient } from '../local-cloud/client.js';
@@ -90,21 +90,29 @@ Examples:
     .addHelpText('after', '\nExamples:\n  director deploy deployments/hello.yml --yes\n  director deploy deployments/hello.yml -v greeting=hi --dry-run')
     .action(async (manifest: string, o) => {
       await withContext(async (ctx) => {
-        const prepared = await prepare(ctx, deployInput(manifest, o));
-        for (const w of prepared.warnings) io.err(`warning: ${w}`);
         if (o.dryRun) {
-          io.out(o.json ? JSON.stringify(prepared.plan) : renderPlan(prepared.plan));
+          const prepared = await prepare(ctx, deployInput(manifest, o));
           await prepared.providers.closeAll();
+          for (const w of prepared.warnings) io.err(`warning: ${w}`);
+          io.out(o.json ? JSON.stringify(prepared.plan) : renderPlan(prepared.plan));
           return;
         }
+        const taskId = ctx.tasks.create('deploy', null, `deploy ${manifest}`);
+        const prepared = await prepareInTask(ctx, taskId, deployInput(manifest, o));
+        for (const w of prepared.warnings) io.err(`warning: ${w}`);
         if (!o.json) io.out(renderPlan(prepared.plan));
         if (!prepared.plan.noop && !o.yes) {
-          if (!io.isTty) {
+          const refuse = async (why: string) => {
             await prepared.providers.closeAll();
+            ctx.tasks.setDeployment(taskId, prepared.plan.deployment);
+            ctx.tasks.finish(taskId, 'cancelled', `${why}; nothing was changed`);
+          };
+          if (!io.isTty) {
+            await refuse('no terminal to confirm on');
             throw userError('confirmation_required', 'not deploying: no terminal to confirm on', { hint: 'pass --yes to deploy without confirmation, or --dry-run to only see the plan' });
           }
           if (!(await confirm('\nDeploy? [y/N] '))) {
-            await prepared.providers.closeAll();
+            await refuse('not confirmed');
             io.err('Cancelled; nothing was changed.');
             setExit(1);
             return;
@@ -118,7 +126,7 @@ Examples:
             if (line) io.out(line);
           }
         };
-        const outcome = await deploy(ctx, prepared, { onEvent, onTask: (id) => { if (!o.json) io.out(`\nTask ${id}`); } });
+        const outcome = await deploy(ctx, prepared, { taskId, onEvent, onTask: (id) => { if (!o.json) io.out(`\nTask ${id}`); } });
         const task = ctx.tasks.get(outcome.taskId!)!;
         if (o.json) {
           io.out(JSON.stringify({ task: task.id, state: task.state, result: task.result, error: task.error, summary: outcome.plan.summary }));

@@ -89,6 +89,10 @@ export class Tasks {
     return Number(info.lastInsertRowid);
   }
 
+  setDeployment(id: number, deployment: string): void {
+    this.db.prepare('UPDATE tasks SET deployment = ?, description = ? WHERE id = ?').run(deployment, `deploy ${deployment}`, id);
+  }
+
   finish(id: number, state: TaskState, result: string | null, error: TaskError | null = null): void {
     this.db.prepare('UPDATE tasks SET state = ?, result = ?, error = ?, ended_at = ? WHERE id = ?').run(state, result, error ? JSON.stringify(error) : null, this.ts(), id);
   }
