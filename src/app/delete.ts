@@ -4,6 +4,8 @@ import type { LoadedDeployment } from '../manifest/types.js';
 import type { Plan } from '../plan/types.js';
 import { ProviderSet } from '../providers/registry.js';
 import { RolloutExecutor, taskErrorFromFailure } from '../rollout/executor.js';
+import { SshInstanceConnector } from '../instance/agent.js';
+import { RoutingConnector } from '../instance/routing.js';
 import { Ssh2Connector } from '../ssh/connection.js';
 import { DEFAULT_LEASE_MS } from '../tasks/locks.js';
 import { taskErrorOf, type EventRow } from '../tasks/tasks.js';
@@ -46,7 +48,7 @@ export async function deleteDeployment(ctx: DirectorContext, name: string, opts:
     };
     const loaded = { manifest: { name, releases: [], instanceGroups: [] }, cloudConfig: { clouds: dep.clouds, azs: [], vmTypes: [] }, vars: [] } as unknown as LoadedDeployment;
     const executor = new RolloutExecutor({
-      store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, ssh: new Ssh2Connector({ connectAttempts: 3 }),
+      store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, connector: new RoutingConnector(providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 3 }), ctx.keys.privateKey)),
       keys: ctx.keys, directorId: ctx.directorId, loaded, releases: new Map(), desired: { deployment: name, groups: [] },
       healthChecks: new Map(), redact: (s) => s, onEvent: opts.onEvent, deleteInFlight: DELETE_IN_FLIGHT,
     });

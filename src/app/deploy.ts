@@ -13,6 +13,8 @@ import type { Desired, Plan } from '../plan/types.js';
 import { ProviderSet } from '../providers/registry.js';
 import { loadRelease, type Release } from '../release/release.js';
 import { RolloutExecutor, taskErrorFromFailure, type RolloutResult } from '../rollout/executor.js';
+import { SshInstanceConnector } from '../instance/agent.js';
+import { RoutingConnector } from '../instance/routing.js';
 import { Ssh2Connector } from '../ssh/connection.js';
 import type { SshConnector } from '../ssh/types.js';
 import { DEFAULT_LEASE_MS } from '../tasks/locks.js';
@@ -86,7 +88,7 @@ export interface DeployOutcome {
 export async function deploy(
   ctx: DirectorContext,
   prepared: Prepared,
-  opts: { taskId?: number; onEvent?: (e: EventRow) => void; onTask?: (id: number) => void; ssh?: SshConnector } = {},
+  opts: { taskId?: number; onEvent?: (e: EventRow) => void; onTask?: (id: number) => void; ssh?: SshConnector; signal?: AbortSignal } = {},
 ): Promise<DeployOutcome> {
   const { desired, plan } = prepared;
   const taskId = opts.taskId ?? ctx.tasks.create('deploy', desired.deployment, `deploy ${desired.deployment}`);
@@ -116,7 +118,7 @@ export async function deploy(
     if (plan.noop) {
       emit('deploy', 'finished', 'no changes');
       ctx.tasks.finish(taskId, 'done', 'no changes');
-      return { taskId, plan, result: { ok: true, done: [], failed: [], skipped: [] } };
+      return { taskId, plan, result: { ok: true, done: [], failed: [], skipped: [], cancelled: false, rolledBack: [], rollbackFailed: [], notRolledBack: [] } };
     }
     const executor = new RolloutExecutor({
       store: ctx.store,
@@ -124,7 +126,7 @@ export async function deploy(
       taskId,
       clock: ctx.clock,
       providers: prepared.providers,
-      ssh: opts.ssh ?? new Ssh2Connector(),
+      connector: new RoutingConnector(prepared.providers, new SshInstanceConnector(opts.ssh ?? new Ssh2Connector(), ctx.keys.privateKey)),
       keys: ctx.keys,
       directorId: ctx.directorId,
       loaded: prepared.loaded,
@@ -133,16 +135,13 @@ export async function deploy(
       healthChecks: prepared.healthChecks,
       redact: prepared.redact,
       onEvent: opts.onEvent,
+      cancelRequested: () => ctx.tasks.isCancelRequested(taskId),
     });
-    const result = await executor.run(plan);
-    if (result.ok) {
-      emit('deploy', 'finished', `${result.done.length} instance(s) updated`);
-      ctx.tasks.finish(taskId, 'done', `${result.done.length} instance(s) updated`);
-    } else {
-      const first = result.failed[0]!;
-      emit('deploy', 'failed', `${first.instance} failed at ${first.step}; ${result.skipped.length} instance(s) not started`);
-      ctx.tasks.finish(taskId, 'error', null, taskErrorFromFailure(first, `director task ${taskId} --vm ${first.instance} shows that instance's full log; fix the cause and deploy again (unchanged instances are skipped)`));
-    }
+    const onAbort = () => executor.cancel();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    if (opts.signal?.aborted) executor.cancel();
+    const result = await executor.run(plan).finally(() => opts.signal?.removeEventListener('abort', onAbort));
+    finishDeployTask(ctx, taskId, result, emit);
     return { taskId, plan, result };
   } catch (err) {
     const e = err instanceof DirectorError ? err : new DirectorError('internal', 'internal', err instanceof Error ? err.message : String(err), { cause: err });
@@ -154,6 +153,32 @@ export async function deploy(
     if (locked) ctx.locks.release(lockName, taskId);
     await prepared.providers.closeAll();
   }
+}
+
+function finishDeployTask(ctx: DirectorContext, taskId: number, result: RolloutResult, emit: (stage: string, state: string, message?: string | null) => void): void {
+  if (result.ok) {
+    emit('deploy', 'finished', `${result.done.length} instance(s) updated`);
+    ctx.tasks.finish(taskId, 'done', `${result.done.length} instance(s) updated`);
+    return;
+  }
+  const first = result.failed[0];
+  if (!first) {
+    const msg = `cancelled: ${result.done.length} instance(s) updated, ${result.skipped.length} not started`;
+    emit('deploy', 'cancelled', msg);
+    ctx.tasks.finish(taskId, 'cancelled', msg);
+    return;
+  }
+  const ranRollback = result.rolledBack.length + result.rollbackFailed.length + result.notRolledBack.length > 0;
+  const rollback = ranRollback
+    ? `; rolled back ${result.rolledBack.length} instance(s)${result.rollbackFailed.length ? `, ${result.rollbackFailed.length} rollback(s) failed (${result.rollbackFailed.map((f) => f.instance).join(', ')})` : ''}${result.notRolledBack.length ? `, ${result.notRolledBack.length} not restorable (${result.notRolledBack.map((n) => n.instance).join(', ')})` : ''}`
+    : '';
+  emit('deploy', 'failed', `${first.instance} failed at ${first.step}; ${result.skipped.length} instance(s) not started${rollback}`);
+  const error = taskErrorFromFailure(first, `director task ${taskId} --vm ${first.instance} shows that instance's full log; fix the cause and deploy again (unchanged instances are skipped)`);
+  error.message += rollback;
+  if (ranRollback) {
+    error.rollback = { rolledBack: result.rolledBack, failed: result.rollbackFailed.map((f) => f.instance), notRestorable: result.notRolledBack };
+  }
+  ctx.tasks.finish(taskId, 'error', null, error);
 }
 
 export function summaryLine(plan: Plan): string {

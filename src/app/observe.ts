@@ -1,6 +1,6 @@
 /** Observed state: what the director recorded, checked against what each cloud lists right now. */
 import type { Observed } from '../plan/types.js';
-import { TAG_DEPLOYMENT, TAG_DIRECTOR, type Vm } from '../providers/provider.js';
+import { TAG_DEPLOYMENT, TAG_DIRECTOR, TAG_INSTANCE_ID, type Vm } from '../providers/provider.js';
 import type { ProviderSet } from '../providers/registry.js';
 import type { DirectorContext } from './context.js';
 
@@ -11,8 +11,7 @@ export interface Observation {
 }
 
 export async function observe(ctx: DirectorContext, providers: ProviderSet, deployment: string, extraClouds: string[] = []): Promise<Observation> {
-  const rows = ctx.store.instances(deployment);
-  const clouds = new Set([...rows.map((r) => r.cloud), ...extraClouds]);
+  const clouds = new Set([...ctx.store.instances(deployment).map((r) => r.cloud), ...extraClouds]);
   const listed = new Map<string, Vm>();
   // One filtered list call per cloud, not one call per VM.
   await Promise.all(
@@ -21,6 +20,8 @@ export async function observe(ctx: DirectorContext, providers: ProviderSet, depl
       for (const vm of vms) listed.set(`${cloud}/${vm.cid}`, vm);
     }),
   );
+  adoptUnrecorded(ctx, deployment, listed);
+  const rows = ctx.store.instances(deployment);
   return {
     listed,
     observed: {
@@ -38,4 +39,25 @@ export async function observe(ctx: DirectorContext, providers: ProviderSet, depl
       })),
     },
   };
+}
+
+/**
+ * A director killed between "the cloud created the VM" and "the VM was recorded" leaves a VM
+ * that only its tags know about. The instance row is written before the create call, so the
+ * VM's instance_id tag finds its owner: record it, and the next plan re-applies it instead of
+ * creating a second VM (nothing leaked, nothing duplicated).
+ */
+function adoptUnrecorded(ctx: DirectorContext, deployment: string, listed: Map<string, Vm>): void {
+  for (const row of ctx.store.instances(deployment)) {
+    if (row.vmCid !== null) continue;
+    const vm = [...listed.entries()].find(([key, v]) => key.startsWith(`${row.cloud}/`) && v.tags[TAG_INSTANCE_ID] === row.id)?.[1];
+    if (!vm) continue;
+    ctx.db.transaction(() => {
+      ctx.store.recordVm({
+        cloud: row.cloud, cid: vm.cid, deployment, instanceId: row.id, az: vm.az, ips: vm.ips,
+        sshHost: vm.sshHost, sshPort: vm.sshPort, sshUser: vm.sshUser, hostKey: vm.hostKeyFingerprint ?? null, createdAt: vm.createdAt,
+      });
+      ctx.store.updateInstance(row.id, { vmCid: vm.cid });
+    })();
+  }
 }

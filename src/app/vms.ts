@@ -1,6 +1,8 @@
 /** `director vms`: each instance with its VM, where it runs, and the live state of its jobs. */
 import pLimit from 'p-limit';
-import { InstanceAgent, type JobStatus } from '../instance/agent.js';
+import { SshInstanceConnector } from '../instance/agent.js';
+import type { JobStatus } from '../instance/driver.js';
+import { RoutingConnector } from '../instance/routing.js';
 import { ProviderSet } from '../providers/registry.js';
 import { Ssh2Connector } from '../ssh/connection.js';
 import type { DirectorContext } from './context.js';
@@ -28,6 +30,7 @@ export async function listVms(ctx: DirectorContext, deployment?: string): Promis
   const limit = pLimit(16);
   for (const dep of deployments) {
     const providers = new ProviderSet(dep.clouds, ctx.home);
+    const connector = new RoutingConnector(providers, new SshInstanceConnector(ssh, ctx.keys.privateKey));
     try {
       const { listed } = await observe(ctx, providers, dep.name);
       const rows = ctx.store.instances(dep.name);
@@ -52,11 +55,11 @@ export async function listVms(ctx: DirectorContext, deployment?: string): Promis
             if (!vm || !listed.has(`${row.cloud}/${vm.cid}`)) return { ...info, state: 'missing' };
             if (row.state !== 'running') return info;
             try {
-              const conn = await ssh.connect({ host: vm.sshHost, port: vm.sshPort, username: vm.sshUser, privateKey: ctx.keys.privateKey, hostKeyFingerprint: vm.hostKey ?? undefined, label: info.instance });
+              const handle = await connector.open(vm, { label: info.instance, baseDir: providers.baseDir(row.cloud), log: () => {} });
               try {
-                info.processes = await new InstanceAgent(conn, providers.baseDir(row.cloud), () => {}).status();
+                info.processes = await handle.status();
               } finally {
-                conn.close();
+                handle.close();
               }
               const running = info.processes.filter((p) => p.state === 'running').length;
               info.state = info.processes.length > 0 && running === info.processes.length ? 'running' : running === 0 ? 'stopped' : 'failing';

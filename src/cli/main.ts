@@ -126,7 +126,26 @@ Examples:
             if (line) io.out(line);
           }
         };
-        const outcome = await deploy(ctx, prepared, { taskId, onEvent, onTask: (id) => { if (!o.json) io.out(`\nTask ${id}`); } });
+        // First Ctrl-C: start nothing new, let in-flight instances finish, record the task as
+        // cancelled. A second one is never needed for a consistent state; it only stops waiting.
+        const abort = new AbortController();
+        let interrupts = 0;
+        const onSigint = () => {
+          interrupts++;
+          if (interrupts === 1) {
+            io.err('\nCancelling: no new instances will start; waiting for in-flight ones to finish (Ctrl-C again to stop waiting).');
+            abort.abort();
+          } else {
+            io.err('Stopped waiting. The task is closed by the next director command; rerun deploy to converge.');
+            process.exit(130);
+          }
+        };
+        process.on('SIGINT', onSigint);
+        process.on('SIGTERM', onSigint);
+        const outcome = await deploy(ctx, prepared, { taskId, signal: abort.signal, onEvent, onTask: (id) => { if (!o.json) io.out(`\nTask ${id}`); } }).finally(() => {
+          process.off('SIGINT', onSigint);
+          process.off('SIGTERM', onSigint);
+        });
         const task = ctx.tasks.get(outcome.taskId!)!;
         if (o.json) {
           io.out(JSON.stringify({ task: task.id, state: task.state, result: task.result, error: task.error, summary: outcome.plan.summary }));
@@ -138,7 +157,8 @@ Examples:
           if (task.error?.logTail?.length) io.err(['last output:', ...task.error.logTail.map((l) => `  ${l}`)].join('\n'));
           if (task.error?.hint) io.err(`hint: ${task.error.hint}`);
         }
-        if (task.state !== 'done') setExit(1);
+        if (task.state === 'cancelled') setExit(130);
+        else if (task.state !== 'done') setExit(1);
       });
     });
 
@@ -227,6 +247,17 @@ Examples:
           onTask: (id) => io.out(`Task ${id}`),
         });
         io.out(`Task ${taskId} done: deployment '${name}' deleted (${deleted} instance(s)).`);
+      });
+    });
+
+  program
+    .command('cancel <id>')
+    .description('cancel a running task: no new instances start, in-flight ones finish')
+    .action(async (id: string) => {
+      await withContext(async (ctx) => {
+        ctx.tasks.closeAbandoned();
+        const task = ctx.tasks.requestCancel(Number(id));
+        io.out(`Task ${task.id} is ${task.state}: it stops after the instances in flight finish.`);
       });
     });
 

@@ -5,6 +5,7 @@
  * maximum fails; a job process that died fails at once instead of waiting out the window.
  */
 import { connect } from 'node:net';
+import type { CheckResult } from '../instance/driver.js';
 import type { HealthCheckDef, WatchTime } from '../manifest/types.js';
 import type { Clock } from '../util/clock.js';
 
@@ -16,10 +17,7 @@ export interface CheckTarget {
   exec(command: string, timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }>;
 }
 
-export interface CheckResult {
-  ok: boolean;
-  detail: string;
-}
+export type { CheckResult };
 
 function portOf(def: { port: number | { property: string } }, target: CheckTarget): number {
   if (typeof def.port === 'number') return def.port;
@@ -65,16 +63,20 @@ export interface WatchOutcome {
   crashed?: string;
 }
 
+/**
+ * Polls `probe` from the start of the window: healthy at or after `minMs` passes, still
+ * unhealthy at `maxMs` fails. Polling starts fast and backs off (x1.5 up to 1 s), so a job that
+ * is healthy in 300 ms is seen at ~300 ms, not at the next tick of a coarse timer, while a slow
+ * one costs few requests.
+ */
 export async function watchHealth(
-  checks: HealthCheckDef[],
+  probe: () => Promise<CheckResult[]>,
   window: WatchTime,
-  target: CheckTarget,
   clock: Clock,
-  opts: { intervalMs?: number; processAlive?: () => Promise<string | null>; onPoll?: (r: CheckResult[]) => void } = {},
+  opts: { pollMs?: number; processAlive?: () => Promise<string | null> } = {},
 ): Promise<WatchOutcome> {
-  const interval = opts.intervalMs ?? 250;
+  let interval = opts.pollMs ?? 50;
   const start = clock.now();
-  let lastDetail = 'no checks ran';
   let lastProcessCheck = -Infinity;
   for (;;) {
     const elapsed = clock.now() - start;
@@ -83,14 +85,14 @@ export async function watchHealth(
       const dead = await opts.processAlive();
       if (dead) return { healthy: false, elapsedMs: clock.now() - start, detail: dead, crashed: dead };
     }
-    const results = await Promise.all(checks.map((c) => runCheck(c, target)));
-    opts.onPoll?.(results);
+    const results = await probe();
     const failing = results.filter((r) => !r.ok);
-    lastDetail = failing.length ? failing.map((r) => r.detail).join('; ') : results.map((r) => r.detail).join('; ') || 'process running';
+    const detail = failing.length ? failing.map((r) => r.detail).join('; ') : results.map((r) => r.detail).join('; ') || 'process running';
     const now = clock.now() - start;
-    if (failing.length === 0 && now >= window.minMs) return { healthy: true, elapsedMs: now, detail: lastDetail };
-    if (now >= window.maxMs) return { healthy: false, elapsedMs: now, detail: lastDetail };
-    const wait = failing.length === 0 ? Math.min(interval, window.minMs - now) : interval;
+    if (failing.length === 0 && now >= window.minMs) return { healthy: true, elapsedMs: now, detail };
+    if (now >= window.maxMs) return { healthy: false, elapsedMs: now, detail };
+    const wait = failing.length === 0 ? window.minMs - now : interval;
     await clock.sleep(Math.max(1, Math.min(wait, window.maxMs - now)));
+    interval = Math.min(1000, interval * 1.5);
   }
 }

@@ -4,37 +4,53 @@
  * instance's task log; a failing step raises an error naming the step and the output's tail.
  */
 import { DirectorError, infraError } from '../errors.js';
+import { runCheck } from '../health/checks.js';
+import type { HealthCheckDef } from '../manifest/types.js';
 import { shq } from '../ssh/quote.js';
-import type { ExecResult, SshConnection } from '../ssh/types.js';
+import type { ExecResult, SshConnection, SshConnector } from '../ssh/types.js';
+import type { VmRow } from '../state/store.js';
 import { CTL_SCRIPT } from './ctl-script.js';
+import {
+  StepError,
+  type CheckResult,
+  type GenerationRef,
+  type InstanceConnector,
+  type InstanceHandle,
+  type InstanceStep,
+  type JobStatus,
+  type LogFn,
+} from './driver.js';
 
-export type InstanceStep = 'connect' | 'install' | 'drain' | 'stop' | 'apply' | 'start' | 'health' | 'create_vm' | 'delete_vm';
+export { StepError };
+export type { InstanceStep, JobStatus, LogFn };
 
-export interface JobStatus {
-  job: string;
-  state: 'running' | 'stopped' | 'failed';
-  pid: number | null;
-}
+/** Opens one SSH connection per instance update, reused for every command of it. */
+export class SshInstanceConnector implements InstanceConnector {
+  constructor(private readonly ssh: SshConnector, private readonly privateKey: string) {}
 
-export type LogFn = (stream: 'stdout' | 'stderr' | 'director', text: string) => void;
-
-/** An instance step that failed, with what an operator needs to act on it. */
-export class StepError extends DirectorError {
-  constructor(
-    readonly step: InstanceStep,
-    errorClass: 'infrastructure' | 'application',
-    code: string,
-    message: string,
-    readonly logTail: string[] = [],
-    opts: { hint?: string; cause?: unknown } = {},
-  ) {
-    super(code, errorClass, message, opts);
+  async open(vm: VmRow, opts: { label: string; baseDir: string; log: LogFn }): Promise<InstanceHandle> {
+    try {
+      const conn = await this.ssh.connect({
+        host: vm.sshHost,
+        port: vm.sshPort,
+        username: vm.sshUser,
+        privateKey: this.privateKey,
+        hostKeyFingerprint: vm.hostKey ?? undefined,
+        label: `${opts.label} (${vm.sshHost})`,
+      });
+      return new InstanceAgent(conn, opts.baseDir, opts.log);
+    } catch (err) {
+      const e = err instanceof DirectorError ? err : infraError('ssh_unreachable', String(err), { cause: err });
+      throw new StepError('connect', 'infrastructure', e.code, e.message, [], { hint: e.hint, cause: err });
+    }
   }
 }
 
 const tail = (text: string, n = 10) => text.split('\n').filter((l) => l.trim() !== '').slice(-n);
 
-export class InstanceAgent {
+export class InstanceAgent implements InstanceHandle {
+  readonly healthPollMs = 50;
+
   constructor(
     private readonly conn: SshConnection,
     /** the director's base directory on the VM, relative to the SSH user's home or absolute */
@@ -74,7 +90,16 @@ export class InstanceAgent {
     return result;
   }
 
-  async installCtl(bootHook: boolean): Promise<void> {
+  get hostKeyFingerprint(): string {
+    return this.conn.hostKeyFingerprint;
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+
+  async prepare(opts: { bootHook: boolean }): Promise<void> {
+    const bootHook = opts.bootHook;
     const b = this.base();
     let cmd = `mkdir -p ${b}/bin ${b}/gen ${b}/run ${b}/log && cat > ${b}/bin/ctl.tmp && chmod 755 ${b}/bin/ctl.tmp && mv -f ${b}/bin/ctl.tmp ${b}/bin/ctl`;
     if (bootHook) {
@@ -97,7 +122,9 @@ export class InstanceAgent {
    * it, keeping the generation it replaces as `previous` so a rollback is a switch and a restart.
    * Generations other than those two are pruned.
    */
-  async apply(genId: string, archive: Buffer): Promise<void> {
+  async apply(generation: GenerationRef): Promise<void> {
+    const genId = generation.id;
+    const archive = await generation.archive();
     const b = this.base();
     const gen = `${b}/gen/${shq(genId)}`;
     const script = [
@@ -111,6 +138,24 @@ export class InstanceAgent {
       `echo "current -> gen/${genId}"`,
     ].join('\n');
     await this.must('apply', script, { stdin: archive, display: `apply generation ${genId} (${archive.length} bytes)` });
+  }
+
+  async activate(generationId: string): Promise<boolean> {
+    const b = this.base();
+    const gen = `gen/${shq(generationId)}`;
+    const script = [
+      `if [ ! -e ${b}/${gen}/.complete ]; then echo missing; exit 0; fi`,
+      `old=$(readlink ${b}/current 2>/dev/null || true)`,
+      `if [ -n "$old" ] && [ "$old" != ${gen} ]; then ln -sfn "$old" ${b}/previous.tmp && mv -Tf ${b}/previous.tmp ${b}/previous; fi`,
+      `ln -sfn ${gen} ${b}/current.tmp && mv -Tf ${b}/current.tmp ${b}/current`,
+      `echo "current -> ${gen}"`,
+    ].join('\n');
+    const r = await this.must('rollback', script, { display: `activate generation ${generationId}` });
+    return !r.stdout.includes('missing');
+  }
+
+  check(def: HealthCheckDef, target: { address: string; properties: Record<string, unknown> }): Promise<CheckResult> {
+    return runCheck(def, { ...target, exec: (cmd, timeoutMs) => this.run('health', cmd, { timeoutMs }) });
   }
 
   async start(timeoutMs = 5 * 60_000): Promise<void> {

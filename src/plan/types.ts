@@ -46,6 +46,8 @@ export interface AppliedSpec {
   vmType: string;
   vmTypeDigest: string;
   jobs: JobState[];
+  /** id of the generation on the VM; a rollback activates the previous one again */
+  generation?: string;
 }
 
 export interface ResolvedUpdate {

@@ -5,6 +5,8 @@
  * Every VM is tagged so that `list` can find a deployment's VMs with one filtered call and
  * orphans are discoverable after a crash.
  */
+import type { InstanceConnector } from '../instance/driver.js';
+
 export const TAG_DIRECTOR = 'director';
 export const TAG_DEPLOYMENT = 'deployment';
 export const TAG_GROUP = 'instance_group';
@@ -53,4 +55,9 @@ export interface Provider {
   setMetadata(cid: string, tags: Record<string, string>): Promise<void>;
   /** releases what the adapter holds open (SDK clients, sockets) */
   close(): Promise<void>;
+  /**
+   * How to act on this cloud's instances, when not over SSH (the sim provider's VMs exist only in
+   * memory). Undefined: the director reaches them over SSH.
+   */
+  instances?(): InstanceConnector | undefined;
 }

@@ -14,7 +14,8 @@ import type { Release } from './release.js';
 
 export interface Generation {
   id: string;
-  archive: Buffer;
+  /** packed on demand: drivers that do not upload (sim) never pay for it */
+  archive(): Promise<Buffer>;
   /** path inside the generation → sha256, for drift checks */
   checksums: Record<string, string>;
 }
@@ -34,7 +35,7 @@ export function renderInstance(
   return out;
 }
 
-export async function packGeneration(files: Map<string, RenderedFile[]>): Promise<Generation> {
+export function generationOf(files: Map<string, RenderedFile[]>): Generation {
   const hash = createHash('sha256');
   const checksums: Record<string, string> = {};
   const entries: { path: string; file: RenderedFile }[] = [];
@@ -48,6 +49,12 @@ export async function packGeneration(files: Map<string, RenderedFile[]>): Promis
       hash.update(`${path}\0${file.executable ? 'x' : '-'}\0${sum}\0`);
     }
   }
+  const id = hash.digest('hex').slice(0, 16);
+  let packed: Promise<Buffer> | undefined;
+  return { id, checksums, archive: () => (packed ??= pack(entries)) };
+}
+
+async function pack(entries: { path: string; file: RenderedFile }[]): Promise<Buffer> {
   const stage = mkdtempSync(join(tmpdir(), 'director-gen-'));
   try {
     for (const { path, file } of entries) {
@@ -59,7 +66,7 @@ export async function packGeneration(files: Map<string, RenderedFile[]>): Promis
     const chunks: Buffer[] = [];
     const stream = tar.c({ gzip: true, cwd: stage, portable: true, mtime: new Date(0) }, ['jobs']);
     for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
-    return { id: hash.digest('hex').slice(0, 16), archive: Buffer.concat(chunks), checksums };
+    return Buffer.concat(chunks);
   } finally {
     rmSync(stage, { recursive: true, force: true });
   }

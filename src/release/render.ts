@@ -30,6 +30,17 @@ export interface RenderedFile {
 const hb = Handlebars.create();
 hb.registerHelper('json', (value: unknown) => new hb.SafeString(JSON.stringify(value)));
 
+/** Compiled once per template text: a rollout renders the same templates for every instance. */
+const compiled = new Map<string, HandlebarsTemplateDelegate>();
+function compile(source: string): HandlebarsTemplateDelegate {
+  let t = compiled.get(source);
+  if (!t) {
+    t = hb.compile(source, { strict: true, noEscape: true });
+    compiled.set(source, t);
+  }
+  return t;
+}
+
 /** Job spec defaults overlaid with the manifest's properties; unknown properties are an error. */
 export function effectiveProperties(job: ReleaseJob, given: Record<string, unknown>, where: string): Record<string, unknown> {
   const declared = job.spec.properties;
@@ -53,7 +64,7 @@ export function renderJob(job: ReleaseJob, properties: Record<string, unknown>, 
     const source = job.templates.get(src) ?? '';
     let text: string;
     try {
-      text = hb.compile(source, { strict: true, noEscape: true })({ p: properties, spec });
+      text = compile(source)({ p: properties, spec });
     } catch (err) {
       const msg = err instanceof Error ? err.message.split('\n')[0] : String(err);
       throw userError('template_render_failed', `rendering ${spec.release.name}/${job.name}/templates/${src} for ${spec.name}/${spec.index}: ${msg}`, {

@@ -2,14 +2,18 @@
  * Runs a Plan. It never re-decides what should change: it walks the plan's deletes, then each
  * group's canaries, then the rest through a sliding window of max_in_flight (the next instance
  * starts the moment one finishes). Every step is recorded before the next begins, so a killed
- * director leaves a state the next run can re-check. On a failure beyond max_failures no new
- * instance starts; the ones in flight finish.
+ * director leaves a state the next run can re-check.
+ *
+ * On a failure beyond max_failures no new instance starts and the ones in flight finish. Then,
+ * with auto_rollback, the touched instances are restored to what they ran before: a second
+ * plan, in reverse order, without canaries, through the same window. A cancel stops starting
+ * new work the same way but keeps what finished.
  */
 import { randomUUID } from 'node:crypto';
 import pLimit from 'p-limit';
 import { DirectorError, infraError } from '../errors.js';
 import { watchHealth } from '../health/checks.js';
-import { InstanceAgent, StepError, type InstanceStep } from '../instance/agent.js';
+import { StepError, type InstanceConnector, type InstanceHandle, type InstanceStep } from '../instance/driver.js';
 import type { HealthCheckDef, LoadedDeployment, WatchTime } from '../manifest/types.js';
 import { describeInstance } from '../plan/describe.js';
 import { resolveCount } from '../plan/plan.js';
@@ -23,10 +27,9 @@ import {
   TAG_INSTANCE_ID,
 } from '../providers/provider.js';
 import type { ProviderSet } from '../providers/registry.js';
-import { packGeneration, renderInstance } from '../release/generation.js';
+import { generationOf, renderInstance } from '../release/generation.js';
 import { effectiveProperties } from '../release/render.js';
 import type { Release } from '../release/release.js';
-import type { SshConnection, SshConnector } from '../ssh/types.js';
 import type { InstanceRow, Store, VmRow } from '../state/store.js';
 import type { EventRow, TaskError, Tasks } from '../tasks/tasks.js';
 import type { Clock } from '../util/clock.js';
@@ -38,8 +41,8 @@ export interface RolloutDeps {
   taskId: number;
   clock: Clock;
   providers: ProviderSet;
-  ssh: SshConnector;
-  keys: { privateKey: string; publicKey: string };
+  connector: InstanceConnector;
+  keys: { publicKey: string };
   directorId: string;
   loaded: LoadedDeployment;
   releases: Map<string, Release>;
@@ -50,6 +53,8 @@ export interface RolloutDeps {
   newId?: () => string;
   /** deletes run this many at a time (default: the first group's max_in_flight) */
   deleteInFlight?: number;
+  /** polled before each instance starts: `director cancel N` from another process */
+  cancelRequested?: () => boolean;
 }
 
 export interface InstanceFailure {
@@ -65,24 +70,54 @@ export interface RolloutResult {
   ok: boolean;
   done: string[];
   failed: InstanceFailure[];
-  /** instances the plan wanted to touch but the halt kept untouched */
+  /** instances the plan wanted to touch but the halt or cancel kept untouched */
   skipped: string[];
+  cancelled: boolean;
+  /** restored to what they ran before the rollout (or deleted, if the rollout created them) */
+  rolledBack: string[];
+  rollbackFailed: InstanceFailure[];
+  /** touched instances a rollback cannot restore, with why */
+  notRolledBack: { instance: string; reason: string }[];
+}
+
+/** What an instance was before this rollout touched it: the rollback target. */
+interface Touched {
+  plan: InstancePlan;
+  rowId: string | null;
+  before: AppliedSpec | null;
+  window: WatchTime;
+  group: DesiredGroup;
 }
 
 export class RolloutExecutor {
   private halted = false;
-  private readonly result: RolloutResult = { ok: true, done: [], failed: [], skipped: [] };
+  private cancelled = false;
+  private readonly touched: Touched[] = [];
+  private readonly result: RolloutResult = { ok: true, done: [], failed: [], skipped: [], cancelled: false, rolledBack: [], rollbackFailed: [], notRolledBack: [] };
 
   constructor(private readonly d: RolloutDeps) {}
+
+  /** Ctrl-C: start nothing new, let in-flight instances finish, keep what is done. */
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.emit('cancel', null, 'started', 'cancelling: no new instances will start; in-flight ones finish');
+  }
 
   private emit(stage: string, instance: string | null, state: string, message: string | null = null, data: Record<string, unknown> | null = null) {
     const e = this.d.tasks.addEvent(this.d.taskId, stage, instance, state, message === null ? null : this.d.redact(message), data);
     this.d.onEvent?.(e);
   }
 
+  private stopping(): boolean {
+    if (!this.cancelled && this.d.cancelRequested?.()) this.cancel();
+    return this.halted || this.cancelled;
+  }
+
   async run(plan: Plan): Promise<RolloutResult> {
     const byName = new Map(plan.instances.map((p) => [p.instance, p]));
     const deletes = plan.instances.filter((p) => p.action === 'delete');
+    let failingGroup: DesiredGroup | null = null;
     if (deletes.length) {
       const limit = this.d.deleteInFlight ?? resolveCount(this.d.desired.groups[0]?.update.maxInFlight ?? { kind: 'abs', value: 1 }, deletes.length, 1);
       this.emit('delete', null, 'started', `deleting ${deletes.length} instance(s)`);
@@ -92,32 +127,39 @@ export class RolloutExecutor {
       const group = this.d.desired.groups.find((g) => g.name === gp.name)!;
       const order = gp.order.map((n) => byName.get(n)!);
       if (order.length === 0) continue;
-      if (this.halted) {
+      if (this.stopping()) {
         this.result.skipped.push(...gp.order);
         continue;
       }
       const canaries = order.slice(0, gp.canaries);
       const rest = order.slice(gp.canaries);
+      const failedBefore = this.result.failed.length;
       if (canaries.length) {
-        this.emit('canaries', null, 'started', `${gp.name}: ${canaries.length} canar${canaries.length === 1 ? 'y' : 'ies'} (${canaries.map((c) => `${c.instance} ${c.cloud}/${c.az}`).join(', ')})`, { group: gp.name });
+        this.emit('canaries', null, 'started', `${gp.name}: ${canaries.length} canar${canaries.length === 1 ? 'y' : 'ies'} (${canaries.map((c) => `${c.instance} ${c.cloud}/${c.az}`).join(', ')})`, { group: gp.name, instances: canaries.map((c) => c.instance) });
         await this.window(canaries, gp.maxInFlight, (p) => this.updateInstance(p, group, gp.canaryWatch), group.update.maxFailures);
       }
-      if (rest.length && !this.halted) {
+      if (rest.length && !this.stopping()) {
         this.emit('rollout', null, 'started', `${gp.name}: ${rest.length} instance(s), max_in_flight ${gp.maxInFlight}`, { group: gp.name });
       }
       await this.window(rest, gp.maxInFlight, (p) => this.updateInstance(p, group, gp.updateWatch), group.update.maxFailures);
+      if (this.halted && this.result.failed.length > failedBefore) failingGroup = group;
     }
-    this.result.ok = this.result.failed.length === 0;
+    this.result.cancelled = this.cancelled;
+    this.result.ok = this.result.failed.length === 0 && !this.cancelled;
+    if (this.halted && failingGroup) {
+      if (failingGroup.update.autoRollback) await this.rollback(failingGroup);
+      else this.emit('rollback', null, 'skipped', 'auto_rollback is false: touched instances keep what they have; deploy the previous manifest to restore them');
+    }
     return this.result;
   }
 
-  /** Sliding window: at most `size` in flight; after a halt, queued instances are skipped. */
+  /** Sliding window: at most `size` in flight; after a halt or cancel, queued instances are skipped. */
   private async window(list: InstancePlan[], size: number, work: (p: InstancePlan) => Promise<InstanceFailure | null>, maxFailures: number) {
     const limit = pLimit(Math.max(1, size));
     await Promise.all(
       list.map((p) =>
         limit(async () => {
-          if (this.halted) {
+          if (this.stopping()) {
             this.result.skipped.push(p.instance);
             return;
           }
@@ -136,7 +178,7 @@ export class RolloutExecutor {
     );
   }
 
-  private failure(p: InstancePlan, step: InstanceStep, err: unknown, log: InstanceLog): InstanceFailure {
+  private failure(p: { instance: string }, step: InstanceStep, err: unknown, log: InstanceLog): InstanceFailure {
     const e = err instanceof DirectorError ? err : infraError('internal', err instanceof Error ? err.message : String(err), { cause: err });
     const logTail = err instanceof StepError && err.logTail.length ? err.logTail : log.tail(10);
     return {
@@ -155,8 +197,10 @@ export class RolloutExecutor {
     this.emit('update', p.instance, 'started', `${p.action}${p.canary ? ' (canary)' : ''}: ${describeInstance(p)}`, { action: p.action, canary: p.canary, wave: p.wave, az: p.az, cloud: p.cloud });
     log('director', `${p.action} ${p.instance} (${p.cloud}/${p.az}): ${describeInstance(p)}`);
     let step: InstanceStep = 'connect';
-    let conn: SshConnection | null = null;
+    let handle: InstanceHandle | null = null;
     let row: InstanceRow | null = p.id ? this.d.store.instance(p.id) : null;
+    const touched: Touched = { plan: p, rowId: row?.id ?? null, before: row?.applied ?? null, window: watch, group };
+    this.touched.push(touched);
     const stepEvent = (s: InstanceStep) => {
       step = s;
       this.emit('update', p.instance, 'step', s);
@@ -172,6 +216,7 @@ export class RolloutExecutor {
           const id = (this.d.newId ?? randomUUID)();
           this.d.store.insertInstance({ id, deployment: this.d.desired.deployment, group: p.group, index: p.index, az: p.az, cloud: p.cloud, vmCid: null, state: 'creating', applied: null, previous: null, error: null });
           row = this.d.store.instance(id)!;
+          touched.rowId = id;
         } else {
           this.d.store.updateInstance(row.id, { state: 'creating', az: p.az, cloud: p.cloud, vmCid: null });
         }
@@ -186,43 +231,25 @@ export class RolloutExecutor {
       const instanceRow = row!;
 
       stepEvent('connect');
-      conn = await this.connect(vm, p.instance, log);
-      const agent = new InstanceAgent(conn, this.d.providers.baseDir(p.cloud), log);
+      handle = await this.open(vm, p.instance, log);
       stepEvent('install');
-      await agent.installCtl(this.d.providers.def(p.cloud).type === 'local');
+      await handle.prepare({ bootHook: this.d.providers.def(p.cloud).type === 'local' });
       if (p.action === 'update') {
         stepEvent('drain');
-        await agent.drain();
+        await handle.drain();
         stepEvent('stop');
-        await agent.stop();
+        await handle.stop();
       }
       stepEvent('apply');
       const igManifest = this.d.loaded.manifest.instanceGroups.find((g) => g.name === p.group)!;
       const spec = { deployment: this.d.desired.deployment, name: p.group, index: p.index, id: instanceRow.id, az: p.az, address: vm.ips[0] ?? vm.sshHost };
-      const gen = await packGeneration(renderInstance(igManifest.jobs, this.d.releases, spec));
-      await agent.apply(gen.id, gen.archive);
+      const gen = generationOf(renderInstance(igManifest.jobs, this.d.releases, spec));
+      await handle.apply(gen);
       stepEvent('start');
-      await agent.start();
+      await handle.start();
       stepEvent('health');
-      const outcome = await watchHealth(this.d.healthChecks.get(p.group) ?? [], watch, {
-        address: spec.address,
-        properties: this.checkProperties(p.group),
-        exec: (cmd, timeoutMs) => agent.run('health', cmd, { timeoutMs }),
-      }, this.d.clock, {
-        processAlive: async () => {
-          const status = await agent.status();
-          const down = status.filter((s) => s.state !== 'running');
-          if (down.length === 0) return null;
-          const logTail = await agent.jobLogTail(down[0]!.job, 10);
-          return `job ${down.map((s) => s.job).join(', ')} is not running${logTail.length ? `: ${logTail[logTail.length - 1]}` : ''}`;
-        },
-      });
-      log('director', `health: ${outcome.healthy ? 'healthy' : 'unhealthy'} after ${outcome.elapsedMs} ms: ${outcome.detail}`);
-      if (!outcome.healthy) {
-        const tail = outcome.crashed ? await agent.jobLogTail(group.jobs[0]!.name, 10).catch(() => []) : [];
-        throw new StepError('health', 'application', outcome.crashed ? 'job_crashed' : 'health_failed', outcome.crashed ?? `unhealthy after ${outcome.elapsedMs} ms (window ${watch.minMs}-${watch.maxMs}): ${outcome.detail}`, tail);
-      }
-      const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs };
+      await this.watch(handle, p.group, spec.address, watch, log);
+      const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs, generation: gen.id };
       const previous = instanceRow.applied ?? instanceRow.previous;
       this.d.store.updateInstance(instanceRow.id, { state: 'running', applied, previous, error: null });
       this.emit('update', p.instance, 'finished', `${p.action} done in ${this.d.clock.now() - started} ms`, { durationMs: this.d.clock.now() - started });
@@ -234,15 +261,37 @@ export class RolloutExecutor {
       this.emit('update', p.instance, 'failed', `${f.step}: ${f.message}`, { ...f, durationMs: this.d.clock.now() - started });
       return f;
     } finally {
-      conn?.close();
+      handle?.close();
       log.flush();
     }
   }
 
+  /** Health watch over the window; a job process that died fails at once with its own stderr. */
+  private async watch(handle: InstanceHandle, group: string, address: string, window: WatchTime, log: InstanceLog): Promise<void> {
+    const checks = this.d.healthChecks.get(group) ?? [];
+    const properties = this.checkProperties(group);
+    const outcome = await watchHealth(() => Promise.all(checks.map((c) => handle.check(c, { address, properties }))), window, this.d.clock, {
+      pollMs: handle.healthPollMs,
+      processAlive: async () => {
+        const down = (await handle.status()).filter((s) => s.state !== 'running');
+        if (down.length === 0) return null;
+        const tail = await handle.jobLogTail(down[0]!.job, 10);
+        return `job ${down.map((s) => s.job).join(', ')} is not running${tail.length ? `: ${tail[tail.length - 1]}` : ''}`;
+      },
+    });
+    log('director', `health: ${outcome.healthy ? 'healthy' : 'unhealthy'} after ${outcome.elapsedMs} ms: ${outcome.detail}`);
+    if (!outcome.healthy) {
+      // The job's own stderr says more about why than the director's polling does.
+      const firstJob = (await handle.status().catch(() => []))[0]?.job;
+      const tail = firstJob ? await handle.jobLogTail(firstJob, 10).catch(() => []) : [];
+      throw new StepError('health', 'application', outcome.crashed ? 'job_crashed' : 'health_failed', outcome.crashed ?? `unhealthy after ${outcome.elapsedMs} ms (window ${window.minMs}-${window.maxMs}): ${outcome.detail}`, tail);
+    }
+  }
+
   private checkProperties(group: string): Record<string, unknown> {
-    const ig = this.d.loaded.manifest.instanceGroups.find((g) => g.name === group)!;
+    const ig = this.d.loaded.manifest.instanceGroups.find((g) => g.name === group);
     const out: Record<string, unknown> = {};
-    for (const ref of [...ig.jobs].reverse()) {
+    for (const ref of [...(ig?.jobs ?? [])].reverse()) {
       const job = this.d.releases.get(ref.release)!.jobs.get(ref.name)!;
       for (const [k, v] of Object.entries(effectiveProperties(job, ref.properties, group))) {
         out[k] = v;
@@ -294,47 +343,35 @@ export class RolloutExecutor {
     return vmRow;
   }
 
-  private async connect(vm: VmRow, label: string, log: InstanceLog): Promise<SshConnection> {
-    try {
-      const conn = await this.d.ssh.connect({
-        host: vm.sshHost,
-        port: vm.sshPort,
-        username: vm.sshUser,
-        privateKey: this.d.keys.privateKey,
-        hostKeyFingerprint: vm.hostKey ?? undefined,
-        label: `${label} (${vm.sshHost})`,
-      });
-      if (!vm.hostKey) {
-        this.d.store.pinHostKey(vm.cloud, vm.cid, conn.hostKeyFingerprint);
-        log('director', `pinned host key ${conn.hostKeyFingerprint}`);
-      }
-      return conn;
-    } catch (err) {
-      const e = err instanceof DirectorError ? err : infraError('ssh_unreachable', String(err), { cause: err });
-      throw new StepError('connect', 'infrastructure', e.code, e.message, [], { hint: e.hint, cause: err });
+  private async open(vm: VmRow, label: string, log: InstanceLog): Promise<InstanceHandle> {
+    const handle = await this.d.connector.open(vm, { label, baseDir: this.d.providers.baseDir(vm.cloud), log });
+    if (!vm.hostKey && handle.hostKeyFingerprint) {
+      this.d.store.pinHostKey(vm.cloud, vm.cid, handle.hostKeyFingerprint);
+      log('director', `pinned host key ${handle.hostKeyFingerprint}`);
     }
+    return handle;
   }
 
   /** Stops the jobs of an instance's VM (best effort: the VM may be broken) and deletes the VM. */
   private async teardownVm(row: InstanceRow, log: InstanceLog): Promise<void> {
     if (!row.vmCid) return;
+    const name = `${row.group}/${row.index}`;
     const vm = this.d.store.vm(row.cloud, row.vmCid);
     if (vm) {
-      let conn: SshConnection | null = null;
+      let handle: InstanceHandle | null = null;
       try {
-        conn = await this.connect(vm, `${row.group}/${row.index}`, log);
-        const agent = new InstanceAgent(conn, this.d.providers.baseDir(row.cloud), log);
-        this.emit('update', `${row.group}/${row.index}`, 'step', 'drain');
-        await agent.drain();
-        this.emit('update', `${row.group}/${row.index}`, 'step', 'stop');
-        await agent.stop();
+        handle = await this.open(vm, name, log);
+        this.emit('update', name, 'step', 'drain');
+        await handle.drain();
+        this.emit('update', name, 'step', 'stop');
+        await handle.stop();
       } catch (err) {
         log('director', `could not stop jobs before deleting the VM (${err instanceof Error ? err.message : String(err)}); deleting it anyway`);
       } finally {
-        conn?.close();
+        handle?.close();
       }
     }
-    this.emit('update', `${row.group}/${row.index}`, 'step', 'delete_vm');
+    this.emit('update', name, 'step', 'delete_vm');
     try {
       await this.d.providers.get(row.cloud).delete(row.vmCid);
     } catch (err) {
@@ -365,6 +402,80 @@ export class RolloutExecutor {
       this.emit('delete', p.instance, 'failed', `${f.step}: ${f.message}`, { ...f });
       return f;
     } finally {
+      log.flush();
+    }
+  }
+
+  /**
+   * Restores every touched instance, last touched first, through the failing group's window and
+   * without canaries (the old version was proven already): an in-place update switches back to
+   * the generation still on the VM and restarts; an instance this rollout created is deleted.
+   * A VM this rollout replaced (recreate) is gone, so that instance is reported, not guessed at.
+   */
+  private async rollback(group: DesiredGroup): Promise<void> {
+    const targets = [...this.touched].reverse();
+    const maxInFlight = resolveCount(group.update.maxInFlight, group.instances, 1);
+    this.emit('rollback', null, 'started', `rolling back ${targets.length} touched instance(s), max_in_flight ${maxInFlight}, no canaries`, { instances: targets.map((t) => t.plan.instance) });
+    const limit = pLimit(maxInFlight);
+    await Promise.all(targets.map((t) => limit(() => this.rollbackOne(t))));
+    this.emit('rollback', null, 'finished', `${this.result.rolledBack.length} rolled back, ${this.result.rollbackFailed.length} failed, ${this.result.notRolledBack.length} not restorable`);
+  }
+
+  private async rollbackOne(t: Touched): Promise<void> {
+    const name = t.plan.instance;
+    const log = instanceLog(this.d.tasks, this.d.taskId, name, this.d.redact);
+    const row = t.rowId ? this.d.store.instance(t.rowId) : null;
+    let handle: InstanceHandle | null = null;
+    let step: InstanceStep = 'rollback';
+    try {
+      if (!row) {
+        // Failed before anything was recorded: nothing exists to undo.
+        this.result.rolledBack.push(name);
+        return;
+      }
+      if (!t.before) {
+        this.emit('rollback', name, 'started', 'created by this rollout: deleting it');
+        this.d.store.updateInstance(row.id, { state: 'deleting' });
+        await this.teardownVm(row, log);
+        this.d.store.deleteInstance(row.id);
+        this.result.rolledBack.push(name);
+        this.emit('rollback', name, 'finished', 'deleted');
+        return;
+      }
+      const before = t.before;
+      const sameVm = t.plan.action === 'update' || (before.vmType === t.group.vmType && before.az === row.az && row.vmCid !== null && t.plan.action !== 'recreate');
+      if (!sameVm || !before.generation || !row.vmCid) {
+        const reason = !before.generation ? 'the generation it ran before is unknown' : 'its VM was replaced (recreate); deploy the previous manifest to restore it';
+        this.result.notRolledBack.push({ instance: name, reason });
+        this.emit('rollback', name, 'skipped', reason);
+        return;
+      }
+      this.emit('rollback', name, 'started', `back to generation ${before.generation}`);
+      const vm = this.d.store.vm(row.cloud, row.vmCid);
+      if (!vm) throw new StepError('rollback', 'infrastructure', 'vm_not_recorded', `no VM is recorded for ${name}`);
+      this.d.store.updateInstance(row.id, { state: 'updating' });
+      step = 'connect';
+      handle = await this.open(vm, name, log);
+      step = 'stop';
+      await handle.stop();
+      step = 'rollback';
+      if (!(await handle.activate(before.generation))) {
+        throw new StepError('rollback', 'infrastructure', 'generation_missing', `generation ${before.generation} is no longer on the VM`);
+      }
+      step = 'start';
+      await handle.start();
+      step = 'health';
+      await this.watch(handle, t.plan.group, vm.ips[0] ?? vm.sshHost, t.group.update.updateWatch, log);
+      this.d.store.updateInstance(row.id, { state: 'running', applied: before, previous: null, error: null });
+      this.result.rolledBack.push(name);
+      this.emit('rollback', name, 'finished', 'restored');
+    } catch (err) {
+      const f = this.failure({ instance: name }, step, err, log);
+      if (row) this.d.store.updateInstance(row.id, { state: 'failed', error: `rollback ${f.step}: ${f.message}` });
+      this.result.rollbackFailed.push(f);
+      this.emit('rollback', name, 'failed', `${f.step}: ${f.message}`, { ...f });
+    } finally {
+      handle?.close();
       log.flush();
     }
   }

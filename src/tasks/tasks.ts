@@ -4,7 +4,7 @@
  * state DB, written as it happens, so a task's record survives the process that ran it.
  */
 import type { Db } from '../state/db.js';
-import type { DirectorError } from '../errors.js';
+import { userError, type DirectorError } from '../errors.js';
 
 export type TaskState = 'queued' | 'processing' | 'done' | 'error' | 'cancelling' | 'cancelled' | 'timeout';
 
@@ -29,6 +29,8 @@ export interface TaskError {
   step?: string;
   hint?: string;
   logTail?: string[];
+  /** what the automatic rollback did, when one ran */
+  rollback?: { rolledBack: string[]; failed: string[]; notRestorable: { instance: string; reason: string }[] };
 }
 
 export interface EventRow {
@@ -87,6 +89,19 @@ export class Tasks {
       .prepare(`INSERT INTO tasks (type, deployment, state, description, pid, started_at) VALUES (?, ?, 'processing', ?, ?, ?)`)
       .run(type, deployment, description, process.pid, this.ts());
     return Number(info.lastInsertRowid);
+  }
+
+  /** `director cancel N`: the running director sees it before starting its next instance. */
+  requestCancel(id: number): TaskRow {
+    const task = this.get(id);
+    if (!task) throw userError('task_unknown', `no task ${id}`, { hint: 'director tasks lists them' });
+    if (task.state !== 'processing') throw userError('task_not_running', `task ${id} is ${task.state}; only a processing task can be cancelled`);
+    this.db.prepare(`UPDATE tasks SET state = 'cancelling' WHERE id = ? AND state = 'processing'`).run(id);
+    return this.get(id)!;
+  }
+
+  isCancelRequested(id: number): boolean {
+    return (this.db.prepare('SELECT state FROM tasks WHERE id = ?').get(id) as { state?: string } | undefined)?.state === 'cancelling';
   }
 
   setDeployment(id: number, deployment: string): void {

@@ -60,29 +60,36 @@ describe('bad input and failing jobs', () => {
     expect(JSON.parse((await ws.cli(['vms', '--json'])).stdout)).toEqual([]);
   });
 
-  it('a job that fails to start halts at the canary with its own error output; the VM stays recorded', async () => {
+  it('a job that fails to start halts at the canary with its own error output; the rollback deletes what it created', async () => {
     const file = ws.writeManifest(helloManifest({ props: { crash_on_start: true } }));
     const r = await ws.cli(['deploy', file, '--yes']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('web/0 failed at health');
     expect(r.stderr).toContain('crash_on_start is set');
+    expect(r.stderr).toContain('rolled back 1 instance(s)');
     expect(r.stderr).not.toMatch(STACK);
+    expect(JSON.parse((await ws.cli(['vms', '--json'])).stdout)).toEqual([]);
+    expect((await lastTask()).state).toBe('error');
+  });
+
+  it('with auto_rollback: false the failed VM stays, recorded as failed, and a fixed manifest converges from there', async () => {
+    const file = ws.writeManifest(helloManifest({ props: { crash_on_start: true }, autoRollback: false }));
+    const r = await ws.cli(['deploy', file, '--yes']);
+    expect(r.code).toBe(1);
+    expect(r.stdout + r.stderr).toContain('auto_rollback is false');
     const vms = JSON.parse((await ws.cli(['vms', '--json'])).stdout) as { instance: string; state: string; cid: string | null }[];
     expect(vms).toHaveLength(1);
     expect(vms[0]).toMatchObject({ instance: 'web/0', state: 'failed' });
     expect(vms[0]!.cid).toMatch(/^local-/);
-    const task = await lastTask();
-    expect(task.state).toBe('error');
-  });
 
-  it('a fixed manifest converges from there: the failed instance is re-applied, the rest created', async () => {
-    const file = ws.writeManifest(helloManifest());
-    const plan = await ws.cli(['plan', file]);
+    const fixed = ws.writeManifest(helloManifest());
+    const plan = await ws.cli(['plan', fixed]);
     expect(plan.stdout).toMatch(/web\/0\s+update.*never finished an update/);
-    const r = await ws.cli(['deploy', file, '--yes']);
-    expect(r.code, r.stdout + r.stderr).toBe(0);
-    const vms = JSON.parse((await ws.cli(['vms', '--json'])).stdout) as { state: string }[];
-    expect(vms.map((v) => v.state)).toEqual(['running', 'running', 'running', 'running']);
+    const again = await ws.cli(['deploy', fixed, '--yes']);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+    const after = JSON.parse((await ws.cli(['vms', '--json'])).stdout) as { state: string; cid: string }[];
+    expect(after.map((v) => v.state)).toEqual(['running', 'running', 'running', 'running']);
+    expect(after[0]!.cid).toBe(vms[0]!.cid);
   });
 
   it('never prints a ((var)) value: not in the plan, the events, the task, the per-VM log or the state DB', async () => {

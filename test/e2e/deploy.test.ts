@@ -2,6 +2,8 @@
  * The first-deploy path end to end, as a user drives it: the real CLI, real local VMs reached over
  * SSH, real job processes answering HTTP on their own loopback addresses.
  */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { helloManifest, httpGet, workspace } from '../helpers/cli.js';
 
@@ -130,22 +132,57 @@ describe('deploy hello on the local cloud', () => {
     for (const vm of before) if (!after.some((a) => a.ips[0] === vm.ips[0])) expect(await httpGet(`http://${vm.ips[0]}:8080/`, 500)).toBeNull();
   });
 
-  it('halts at a failing canary: the task names the instance, step and class, the rest keep the old version', async () => {
+  it('halts at a failing canary and rolls it back: the task names instance, step and class; every instance serves the old version', async () => {
     const before = await vms();
     ws.writeManifest(helloManifest({ greeting: 'Broken', vmType: 'large', props: { healthy: false }, canaryWatch: '100-1500' }));
     const r = await ws.cli(['deploy', ws.manifest, '--yes']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('web/0 failed at health');
+    expect(r.stderr).toContain('rolled back 1 instance(s)');
     const task = await lastTask();
     expect(task.state).toBe('error');
-    const detail = JSON.parse((await ws.cli(['task', String(task.id), '--json'])).stdout) as { error: { instance: string; step: string; class: string } };
+    const detail = JSON.parse((await ws.cli(['task', String(task.id), '--json'])).stdout) as { error: { instance: string; step: string; class: string; rollback: { rolledBack: string[] } } };
     expect(detail.error).toMatchObject({ instance: 'web/0', step: 'health', class: 'application' });
+    expect(detail.error.rollback.rolledBack).toEqual(['web/0']);
+    const ev = await events(task.id);
+    expect(ev.filter((e) => e.stage === 'update' && e.state === 'started').map((e) => e.instance)).toEqual(['web/0']);
     const after = await vms();
-    expect(after.find((v) => v.instance === 'web/0')!.state).toBe('failed');
-    for (const vm of after.filter((v) => v.instance !== 'web/0')) {
-      expect((await httpGet(`http://${vm.ips[0]}:8080/`))?.body).toMatch(/^Howdy from /);
-    }
+    expect(after.map((v) => v.state)).toEqual(['running', 'running', 'running', 'running']);
+    for (const vm of after) expect((await httpGet(`http://${vm.ips[0]}:8080/`))?.body).toMatch(/^Howdy from /);
     expect(after.map((v) => v.cid)).toEqual(before.map((v) => v.cid));
+    expect(after.map((v) => v.version)).toEqual(before.map((v) => v.version));
+    // Rolled back to what ran before: the next deploy of that manifest has nothing to do.
+    ws.writeManifest(helloManifest({ greeting: 'Howdy', vmType: 'large' }));
+    expect((await ws.cli(['plan', ws.manifest, '--detailed-exitcode'])).code).toBe(0);
+  });
+
+  it('a release that breaks a later wave is halted there and rolled back on every instance it reached, newest first', async () => {
+    const before = await vms();
+    const server = join(ws.dir, 'releases', 'hello', 'jobs', 'web', 'bin', 'server.py');
+    const original = readFileSync(server, 'utf8');
+    // A new release version whose health check fails on web/2 only.
+    writeFileSync(server, original.replace('elif cfg.get("healthy", True):', 'elif cfg.get("healthy", True) and cfg["instance"] != "web/2":'));
+    try {
+      // One at a time, so the instance after the failing one is provably never touched.
+      ws.writeManifest(helloManifest({ greeting: 'Howdy', vmType: 'large', updateWatch: '100-1500', maxInFlight: 1 }));
+      const r = await ws.cli(['deploy', ws.manifest, '--yes']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('web/2 failed at health');
+      expect(r.stderr).toContain('rolled back 3 instance(s)');
+      const task = await lastTask();
+      const ev = await events(task.id);
+      const started = ev.filter((e) => e.stage === 'update' && e.state === 'started').map((e) => e.instance);
+      expect(started).toEqual(['web/0', 'web/1', 'web/2']);
+      const rolled = ev.filter((e) => e.stage === 'rollback' && e.state === 'started' && e.instance).map((e) => e.instance);
+      expect(rolled).toEqual(['web/2', 'web/1', 'web/0']);
+      expect(ev.some((e) => e.instance === 'web/3')).toBe(false);
+      const after = await vms();
+      expect(after.map((v) => v.version)).toEqual(before.map((v) => v.version));
+      expect(after.map((v) => v.state)).toEqual(['running', 'running', 'running', 'running']);
+      for (const vm of after) expect((await httpGet(`http://${vm.ips[0]}:8080/`))?.body).toContain(`(hello ${before[0]!.version.split('/')[1]}`);
+    } finally {
+      writeFileSync(server, original);
+    }
   });
 
   it('task N --vm shows the full, timestamped output of every command run on that VM', async () => {

@@ -70,6 +70,7 @@ export interface HelloOptions {
   maxInFlight?: number;
   canaryWatch?: string;
   updateWatch?: string;
+  autoRollback?: boolean;
 }
 
 export function helloManifest(o: HelloOptions = {}): string {
@@ -82,7 +83,7 @@ update:
   max_in_flight: ${o.maxInFlight ?? 2}
   canary_watch_time: ${o.canaryWatch ?? '200-15000'}
   update_watch_time: ${o.updateWatch ?? '100-15000'}
-instance_groups:
+${o.autoRollback === undefined ? '' : `  auto_rollback: ${o.autoRollback}\n`}instance_groups:
 - name: web
   instances: ${o.instances ?? 4}
   azs: [${(o.azs ?? ['z1', 'z2']).join(', ')}]
