@@ -106,3 +106,58 @@ export async function httpGet(url: string, timeoutMs = 2000): Promise<{ status: 
     return null;
   }
 }
+
+export interface RunningCli {
+  child: import('node:child_process').ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  /** resolves with the first JSON event line that matches */
+  waitForEvent(match: (e: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  exited: Promise<number | null>;
+}
+
+/** Starts the CLI in the background (for kill -9, Ctrl-C and lock tests), reading --json events as they come. */
+export function startCli(args: string[], opts: { home: string; cwd?: string }): RunningCli {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'director.js'), ...args], {
+    cwd: opts.cwd ?? ROOT,
+    env: { ...process.env, DIRECTOR_HOME: opts.home, NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  const waiters: { match: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
+  const seen: Record<string, unknown>[] = [];
+  let partial = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d;
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      let e: Record<string, unknown>;
+      try {
+        e = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      seen.push(e);
+      for (const w of [...waiters]) if (w.match(e)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(e); }
+    }
+  });
+  child.stderr!.on('data', (d: Buffer) => (err += d));
+  const exited = new Promise<number | null>((res) => child.on('close', (code, signal) => res(code ?? (signal ? -1 : null))));
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitForEvent(match, timeoutMs = 30_000) {
+      const already = seen.find(match);
+      if (already) return Promise.resolve(already);
+      return new Promise((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`no matching event within ${timeoutMs} ms\nstdout:\n${out}\nstderr:\n${err}`)), timeoutMs);
+        waiters.push({ match, resolve: (e) => { clearTimeout(timer); res(e); } });
+        void exited.then(() => setTimeout(() => rej(new Error(`director exited before the event\nstdout:\n${out}\nstderr:\n${err}`)), 50));
+      });
+    },
+  };
+}
