@@ -65,9 +65,10 @@ export interface WatchOutcome {
 
 /**
  * Polls `probe` from the start of the window: healthy at or after `minMs` passes, still
- * unhealthy at `maxMs` fails. Polling starts fast and backs off (x1.5 up to 1 s), so a job that
- * is healthy in 300 ms is seen at ~300 ms, not at the next tick of a coarse timer, while a slow
- * one costs few requests.
+ * unhealthy at `maxMs` fails. The pause between polls grows with the time already waited (5% of
+ * it, at least `pollMs`, at most 1 s), so a job is seen healthy at most ~5% after it became so:
+ * a fixed or doubling interval would add its own quantum to every instance of every wave. A 30 s
+ * watch still costs only ~100 probes.
  */
 export async function watchHealth(
   probe: () => Promise<CheckResult[]>,
@@ -75,7 +76,7 @@ export async function watchHealth(
   clock: Clock,
   opts: { pollMs?: number; processAlive?: () => Promise<string | null> } = {},
 ): Promise<WatchOutcome> {
-  let interval = opts.pollMs ?? 50;
+  const minInterval = opts.pollMs ?? 50;
   const start = clock.now();
   let lastProcessCheck = -Infinity;
   for (;;) {
@@ -91,8 +92,8 @@ export async function watchHealth(
     const now = clock.now() - start;
     if (failing.length === 0 && now >= window.minMs) return { healthy: true, elapsedMs: now, detail };
     if (now >= window.maxMs) return { healthy: false, elapsedMs: now, detail };
+    const interval = Math.min(1000, Math.max(minInterval, now * 0.05));
     const wait = failing.length === 0 ? window.minMs - now : interval;
     await clock.sleep(Math.max(1, Math.min(wait, window.maxMs - now)));
-    interval = Math.min(1000, interval * 1.5);
   }
 }

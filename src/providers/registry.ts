@@ -3,6 +3,8 @@ import { userError } from '../errors.js';
 import type { CloudConfig, CloudDef } from '../manifest/types.js';
 import { LocalProvider } from './local/index.js';
 import type { Provider } from './provider.js';
+import { SimProvider } from './sim/index.js';
+import { RateLimitedProvider, rateLimitFromProperties } from './throttle.js';
 
 export class ProviderSet {
   private readonly providers = new Map<string, Provider>();
@@ -23,13 +25,17 @@ export class ProviderSet {
     let p = this.providers.get(cloud);
     if (!p) {
       const def = this.def(cloud);
+      // Every adapter sits behind its cloud's API rate limit, with throttling retried, not failed.
       switch (def.type) {
         case 'local':
-          p = new LocalProvider({ cloud: def.name, home: this.home });
+          p = new RateLimitedProvider(new LocalProvider({ cloud: def.name, home: this.home }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 1000, burst: 1000 }));
+          break;
+        case 'sim':
+          p = new RateLimitedProvider(new SimProvider({ cloud: def.name, home: this.home, properties: def.properties }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 100, burst: 100 }));
           break;
         default:
           throw userError('cloud_type_unsupported', `cloud '${def.name}' has type '${def.type}', which this version of director cannot drive yet`, {
-            hint: 'supported types: local',
+            hint: 'supported types: local, sim',
           });
       }
       this.providers.set(cloud, p);
