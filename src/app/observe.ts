@@ -55,7 +55,7 @@ function adoptUnrecorded(ctx: DirectorContext, deployment: string, listed: Map<s
     ctx.db.transaction(() => {
       ctx.store.recordVm({
         cloud: row.cloud, cid: vm.cid, deployment, instanceId: row.id, az: vm.az, ips: vm.ips,
-        sshHost: vm.sshHost, sshPort: vm.sshPort, sshUser: vm.sshUser, hostKey: vm.hostKeyFingerprint ?? null, createdAt: vm.createdAt,
+        sshHost: vm.sshHost, sshPort: vm.sshPort, sshUser: vm.sshUser, hostKey: vm.hostKeyFingerprint ?? null, baseDir: vm.baseDir ?? null, createdAt: vm.createdAt,
       });
       ctx.store.updateInstance(row.id, { vmCid: vm.cid });
     })();

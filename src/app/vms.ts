@@ -55,7 +55,7 @@ export async function listVms(ctx: DirectorContext, deployment?: string): Promis
             if (!vm || !listed.has(`${row.cloud}/${vm.cid}`)) return { ...info, state: 'missing' };
             if (row.state !== 'running') return info;
             try {
-              const handle = await connector.open(vm, { label: info.instance, baseDir: providers.baseDir(row.cloud), log: () => {} });
+              const handle = await connector.open(vm, { label: info.instance, baseDir: vm.baseDir ?? providers.baseDir(row.cloud), log: () => {} });
               try {
                 info.processes = await handle.status();
               } finally {

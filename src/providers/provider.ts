@@ -39,6 +39,11 @@ export interface Vm {
   hostKeyFingerprint?: string;
   tags: Record<string, string>;
   state: 'pending' | 'running' | 'stopped' | 'terminated' | 'unknown';
+  /**
+   * Where the director keeps its files on this VM, when the provider decides it per VM (static
+   * hosts that share a user); otherwise the cloud's `base_dir`, default `director`.
+   */
+  baseDir?: string;
   createdAt: string;
 }
 

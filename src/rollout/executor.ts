@@ -332,6 +332,7 @@ export class RolloutExecutor {
       sshPort: vm.sshPort,
       sshUser: vm.sshUser,
       hostKey: vm.hostKeyFingerprint ?? null,
+      baseDir: vm.baseDir ?? null,
       createdAt: vm.createdAt,
     };
     // Recorded before anything else happens to it: a crash from here on leaves a known VM.
@@ -344,7 +345,7 @@ export class RolloutExecutor {
   }
 
   private async open(vm: VmRow, label: string, log: InstanceLog): Promise<InstanceHandle> {
-    const handle = await this.d.connector.open(vm, { label, baseDir: this.d.providers.baseDir(vm.cloud), log });
+    const handle = await this.d.connector.open(vm, { label, baseDir: vm.baseDir ?? this.d.providers.baseDir(vm.cloud), log });
     if (!vm.hostKey && handle.hostKeyFingerprint) {
       this.d.store.pinHostKey(vm.cloud, vm.cid, handle.hostKeyFingerprint);
       log('director', `pinned host key ${handle.hostKeyFingerprint}`);

@@ -47,6 +47,7 @@ const MIGRATIONS: string[] = [
     ssh_port INTEGER NOT NULL,
     ssh_user TEXT NOT NULL,
     host_key TEXT,
+    base_dir TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (cloud, cid)
   );

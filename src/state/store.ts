@@ -31,6 +31,8 @@ export interface VmRow {
   sshPort: number;
   sshUser: string;
   hostKey: string | null;
+  /** the provider's per-VM base directory, if it set one */
+  baseDir?: string | null;
   createdAt: string;
 }
 
@@ -72,6 +74,7 @@ const toVm = (r: Raw): VmRow => ({
   sshPort: r.ssh_port as number,
   sshUser: r.ssh_user as string,
   hostKey: (r.host_key as string | null) ?? null,
+  baseDir: (r.base_dir as string | null) ?? null,
   createdAt: r.created_at as string,
 });
 
@@ -148,10 +151,10 @@ export class Store {
   recordVm(row: VmRow): void {
     this.db
       .prepare(
-        `INSERT OR REPLACE INTO vms (cloud, cid, deployment, instance_id, az, ips, ssh_host, ssh_port, ssh_user, host_key, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT OR REPLACE INTO vms (cloud, cid, deployment, instance_id, az, ips, ssh_host, ssh_port, ssh_user, host_key, base_dir, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(row.cloud, row.cid, row.deployment, row.instanceId, row.az, JSON.stringify(row.ips), row.sshHost, row.sshPort, row.sshUser, row.hostKey, row.createdAt);
+      .run(row.cloud, row.cid, row.deployment, row.instanceId, row.az, JSON.stringify(row.ips), row.sshHost, row.sshPort, row.sshUser, row.hostKey, row.baseDir ?? null, row.createdAt);
   }
 
   pinHostKey(cloud: string, cid: string, fingerprint: string): void {
