@@ -36,7 +36,8 @@ export async function deleteDeployment(ctx: DirectorContext, name: string, opts:
     const plan: Plan = {
       version: 1,
       deployment: name,
-      noop: observed.instances.length === 0,
+      noop: observed.instances.length === 0 && (observed.strayVms ?? []).length === 0,
+      strayVms: observed.strayVms ?? [],
       instances: observed.instances.map((o) => ({
         instance: `${o.group}/${o.index}`, group: o.group, index: o.index, id: o.id, az: o.az, cloud: o.cloud,
         action: 'delete', reasons: [{ code: 'removed_group' }], canary: false, wave: null, vmCid: o.vmCid,

@@ -22,10 +22,19 @@ export async function observe(ctx: DirectorContext, providers: ProviderSet, depl
   );
   adoptUnrecorded(ctx, deployment, listed);
   const rows = ctx.store.instances(deployment);
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  const strayVms = ctx.store
+    .vms(deployment)
+    .filter((vm) => !vm.instanceId || byId.get(vm.instanceId)?.vmCid !== vm.cid)
+    .map((vm) => {
+      const owner = vm.instanceId ? byId.get(vm.instanceId) : undefined;
+      return { cloud: vm.cloud, cid: vm.cid, instance: owner ? `${owner.group}/${owner.index}` : null };
+    });
   return {
     listed,
     observed: {
       deployment,
+      strayVms,
       instances: rows.map((r) => ({
         id: r.id,
         group: r.group,

@@ -54,13 +54,15 @@ export function plan(desired: Desired, observed: Observed): Plan {
 
   const summary: Record<Action, number> = { none: 0, create: 0, update: 0, restart: 0, recreate: 0, delete: 0 };
   for (const i of instances) summary[i.action]++;
-  const noop = instances.every((i) => i.action === 'none');
+  const strayVms = observed.strayVms ?? [];
+  const noop = instances.every((i) => i.action === 'none') && strayVms.length === 0;
 
   return {
     version: 1,
     deployment: desired.deployment,
     noop,
     instances,
+    strayVms,
     groups,
     summary,
     observedFingerprint: observedFingerprint(observed),

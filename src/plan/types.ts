@@ -95,9 +95,19 @@ export interface ObservedInstance {
   applied: AppliedSpec | null;
 }
 
+/** A VM the director recorded for this deployment that no instance points at any more. */
+export interface StrayVm {
+  cloud: string;
+  cid: string;
+  /** the instance it was made for, when known (e.g. the new VM of an interrupted swap) */
+  instance: string | null;
+}
+
 export interface Observed {
   deployment: string;
   instances: ObservedInstance[];
+  /** left behind by an interrupted run (a crash mid create-swap-delete); deleted before the rollout */
+  strayVms?: StrayVm[];
 }
 
 export interface InstancePlan {
@@ -136,6 +146,8 @@ export interface Plan {
   noop: boolean;
   /** every instance that exists or will exist, plus the ones to delete */
   instances: InstancePlan[];
+  /** VMs no instance points at (an interrupted swap): deleted first */
+  strayVms: StrayVm[];
   groups: GroupPlan[];
   summary: Record<Action, number>;
   /** digest of the observed state the plan was made from; a plan made from stale state is refused */

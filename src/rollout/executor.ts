@@ -17,7 +17,7 @@ import { StepError, type InstanceConnector, type InstanceHandle, type InstanceSt
 import type { HealthCheckDef, LoadedDeployment, WatchTime } from '../manifest/types.js';
 import { describeInstance } from '../plan/describe.js';
 import { resolveCount } from '../plan/plan.js';
-import type { AppliedSpec, Desired, DesiredGroup, InstancePlan, Plan } from '../plan/types.js';
+import type { AppliedSpec, Desired, DesiredGroup, GroupPlan, InstancePlan, Plan } from '../plan/types.js';
 import {
   TAG_CREATED_AT,
   TAG_DEPLOYMENT,
@@ -87,12 +87,21 @@ interface Touched {
   before: AppliedSpec | null;
   window: WatchTime;
   group: DesiredGroup;
+  /** a create-swap-delete that failed before the swap: the old VM never stopped serving */
+  swapIntact?: boolean;
 }
 
 export class RolloutExecutor {
   private halted = false;
   private cancelled = false;
   private readonly touched: Touched[] = [];
+  /** max_failures is each group's own budget */
+  private readonly failuresByGroup = new Map<string, number>();
+  /** instances being worked on, with their current step, for progress_deadline reports */
+  private readonly inFlight = new Map<string, InstanceStep>();
+  /** instances still stuck when the progress deadline passed: not waited for, not rolled back */
+  private readonly abandoned = new Set<string>();
+  private lastProgress = 0;
   private readonly result: RolloutResult = { ok: true, done: [], failed: [], skipped: [], cancelled: false, rolledBack: [], rollbackFailed: [], notRolledBack: [] };
 
   constructor(private readonly d: RolloutDeps) {}
@@ -118,31 +127,42 @@ export class RolloutExecutor {
     const byName = new Map(plan.instances.map((p) => [p.instance, p]));
     const deletes = plan.instances.filter((p) => p.action === 'delete');
     let failingGroup: DesiredGroup | null = null;
+    if (plan.strayVms.length) {
+      this.emit('cleanup', null, 'started', `deleting ${plan.strayVms.length} stray VM(s) left by an interrupted run`);
+      await Promise.all(plan.strayVms.map(async (stray) => {
+        const vm = this.d.store.vm(stray.cloud, stray.cid);
+        const log = instanceLog(this.d.tasks, this.d.taskId, stray.instance ?? stray.cid, this.d.redact);
+        try {
+          if (vm) await this.destroyVm(vm, stray.instance ?? stray.cid, log);
+        } finally {
+          log.flush();
+        }
+      }));
+    }
     if (deletes.length) {
       const limit = this.d.deleteInFlight ?? resolveCount(this.d.desired.groups[0]?.update.maxInFlight ?? { kind: 'abs', value: 1 }, deletes.length, 1);
       this.emit('delete', null, 'started', `deleting ${deletes.length} instance(s)`);
-      await this.window(deletes, limit, (p) => this.deleteInstance(p), 0);
+      await this.window(deletes, limit, (p) => this.deleteInstance(p), { group: '(deletes)', maxFailures: 0 });
     }
+    // BOSH's `serial` (BatchMultiInstanceGroupUpdater): consecutive groups with the same value form
+    // a partition; partitions run in order; a serial: false partition rolls its groups together.
+    const serial = (gp: GroupPlan) => this.d.desired.groups.find((g) => g.name === gp.name)!.update.serial;
+    const partitions: GroupPlan[][] = [];
     for (const gp of plan.groups) {
-      const group = this.d.desired.groups.find((g) => g.name === gp.name)!;
-      const order = gp.order.map((n) => byName.get(n)!);
-      if (order.length === 0) continue;
-      if (this.stopping()) {
-        this.result.skipped.push(...gp.order);
-        continue;
+      const last = partitions[partitions.length - 1];
+      if (last && serial(last[0]!) === serial(gp)) last.push(gp);
+      else partitions.push([gp]);
+    }
+    for (const partition of partitions) {
+      if (serial(partition[0]!)) {
+        for (const gp of partition) {
+          const failed = await this.runGroup(gp, byName);
+          failingGroup ??= failed;
+        }
+      } else {
+        const failed = await Promise.all(partition.map((gp) => this.runGroup(gp, byName)));
+        failingGroup ??= failed.find((g) => g !== null) ?? null;
       }
-      const canaries = order.slice(0, gp.canaries);
-      const rest = order.slice(gp.canaries);
-      const failedBefore = this.result.failed.length;
-      if (canaries.length) {
-        this.emit('canaries', null, 'started', `${gp.name}: ${canaries.length} canar${canaries.length === 1 ? 'y' : 'ies'} (${canaries.map((c) => `${c.instance} ${c.cloud}/${c.az}`).join(', ')})`, { group: gp.name, instances: canaries.map((c) => c.instance) });
-        await this.window(canaries, gp.maxInFlight, (p) => this.updateInstance(p, group, gp.canaryWatch), group.update.maxFailures);
-      }
-      if (rest.length && !this.stopping()) {
-        this.emit('rollout', null, 'started', `${gp.name}: ${rest.length} instance(s), max_in_flight ${gp.maxInFlight}`, { group: gp.name });
-      }
-      await this.window(rest, gp.maxInFlight, (p) => this.updateInstance(p, group, gp.updateWatch), group.update.maxFailures);
-      if (this.halted && this.result.failed.length > failedBefore) failingGroup = group;
     }
     this.result.cancelled = this.cancelled;
     this.result.ok = this.result.failed.length === 0 && !this.cancelled;
@@ -153,20 +173,50 @@ export class RolloutExecutor {
     return this.result;
   }
 
+  /** Canaries, then the sliding window; returns the group if it is the one that halted the rollout. */
+  private async runGroup(gp: GroupPlan, byName: Map<string, InstancePlan>): Promise<DesiredGroup | null> {
+    const group = this.d.desired.groups.find((g) => g.name === gp.name)!;
+    const order = gp.order.map((n) => byName.get(n)!);
+    if (order.length === 0) return null;
+    if (this.stopping()) {
+      this.result.skipped.push(...gp.order);
+      return null;
+    }
+    const canaries = order.slice(0, gp.canaries);
+    const rest = order.slice(gp.canaries);
+    const failedBefore = this.result.failed.length;
+    if (canaries.length) {
+      this.emit('canaries', null, 'started', `${gp.name}: ${canaries.length} canar${canaries.length === 1 ? 'y' : 'ies'} (${canaries.map((c) => `${c.instance} ${c.cloud}/${c.az}`).join(', ')})`, { group: gp.name, instances: canaries.map((c) => c.instance) });
+      await this.window(canaries, gp.maxInFlight, (p) => this.updateInstance(p, group, gp.canaryWatch), { group: gp.name, maxFailures: group.update.maxFailures, progressDeadlineMs: group.update.progressDeadlineMs });
+    }
+    if (rest.length && !this.stopping()) {
+      this.emit('rollout', null, 'started', `${gp.name}: ${rest.length} instance(s), max_in_flight ${gp.maxInFlight}`, { group: gp.name });
+    }
+    await this.window(rest, gp.maxInFlight, (p) => this.updateInstance(p, group, gp.updateWatch), { group: gp.name, maxFailures: group.update.maxFailures, progressDeadlineMs: group.update.progressDeadlineMs });
+    return this.halted && this.result.failed.slice(failedBefore).some((f) => order.some((o) => o.instance === f.instance)) ? group : null;
+  }
+
   /** Sliding window: at most `size` in flight; after a halt or cancel, queued instances are skipped. */
-  private async window(list: InstancePlan[], size: number, work: (p: InstancePlan) => Promise<InstanceFailure | null>, maxFailures: number) {
+  private async window(list: InstancePlan[], size: number, work: (p: InstancePlan) => Promise<InstanceFailure | null>, budget: { group: string; maxFailures: number; progressDeadlineMs?: number }) {
     const limit = pLimit(Math.max(1, size));
-    await Promise.all(
+    this.lastProgress = this.d.clock.now();
+    const all = Promise.all(
       list.map((p) =>
         limit(async () => {
           if (this.stopping()) {
             this.result.skipped.push(p.instance);
             return;
           }
+          this.inFlight.set(p.instance, 'connect');
           const failure = await work(p);
+          this.inFlight.delete(p.instance);
+          this.lastProgress = this.d.clock.now();
+          if (this.abandoned.has(p.instance)) return;
           if (failure) {
             this.result.failed.push(failure);
-            if (this.result.failed.length > maxFailures && !this.halted) {
+            const failures = (this.failuresByGroup.get(budget.group) ?? 0) + 1;
+            this.failuresByGroup.set(budget.group, failures);
+            if (failures > budget.maxFailures && !this.halted) {
               this.halted = true;
               this.emit('halt', p.instance, 'failed', `halting: ${p.instance} failed at ${failure.step}; no new instances will start`, { failure });
             }
@@ -176,6 +226,33 @@ export class RolloutExecutor {
         }),
       ),
     );
+    if (budget.progressDeadlineMs === undefined) {
+      await all;
+      return;
+    }
+    let finished = false;
+    await Promise.race([all.then(() => { finished = true; }), this.watchProgress(budget.progressDeadlineMs, () => finished)]);
+  }
+
+  /**
+   * progress_deadline: when no instance finishes for that long, the rollout fails instead of
+   * stalling silently. The stuck instances are reported with the step they are in and left to
+   * their own timeouts; nothing new starts, and the rollback does not touch them.
+   */
+  private async watchProgress(deadlineMs: number, done: () => boolean): Promise<void> {
+    while (!done()) {
+      const idle = this.d.clock.now() - this.lastProgress;
+      if (idle >= deadlineMs && this.inFlight.size > 0) {
+        this.halted = true;
+        for (const [instance, step] of this.inFlight) {
+          this.abandoned.add(instance);
+          this.result.failed.push({ instance, step, errorClass: 'infrastructure', code: 'progress_deadline_exceeded', message: `no instance finished for ${deadlineMs} ms (progress_deadline); ${instance} is still at ${step}`, logTail: [] });
+        }
+        this.emit('halt', null, 'failed', `progress_deadline of ${deadlineMs} ms passed with no instance finishing; stuck: ${[...this.inFlight].map(([i, st]) => `${i} at ${st}`).join(', ')}`);
+        return;
+      }
+      await this.d.clock.sleep(Math.max(1, Math.min(1000, deadlineMs - idle)));
+    }
   }
 
   private failure(p: { instance: string }, step: InstanceStep, err: unknown, log: InstanceLog): InstanceFailure {
@@ -203,9 +280,13 @@ export class RolloutExecutor {
     this.touched.push(touched);
     const stepEvent = (s: InstanceStep) => {
       step = s;
+      if (this.inFlight.has(p.instance)) this.inFlight.set(p.instance, s);
       this.emit('update', p.instance, 'step', s);
     };
     try {
+      if (p.action === 'recreate' && row && row.vmCid && group.update.vmStrategy === 'create-swap-delete') {
+        return await this.swapInstance(p, group, watch, row, touched, log, started, stepEvent);
+      }
       if (p.action === 'recreate' && row) {
         await this.teardownVm(row, log);
         row = this.d.store.instance(row.id);
@@ -232,24 +313,8 @@ export class RolloutExecutor {
 
       stepEvent('connect');
       handle = await this.open(vm, p.instance, log);
-      stepEvent('install');
-      await handle.prepare({ bootHook: this.d.providers.def(p.cloud).type === 'local' });
-      if (p.action === 'update') {
-        stepEvent('drain');
-        await handle.drain();
-        stepEvent('stop');
-        await handle.stop();
-      }
-      stepEvent('apply');
-      const igManifest = this.d.loaded.manifest.instanceGroups.find((g) => g.name === p.group)!;
-      const spec = { deployment: this.d.desired.deployment, name: p.group, index: p.index, id: instanceRow.id, az: p.az, address: vm.ips[0] ?? vm.sshHost };
-      const gen = generationOf(renderInstance(igManifest.jobs, this.d.releases, spec));
-      await handle.apply(gen);
-      stepEvent('start');
-      await handle.start();
-      stepEvent('health');
-      await this.watch(handle, p.group, spec.address, watch, log);
-      const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs, generation: gen.id };
+      const generation = await this.bringUp(handle, p, group, vm, instanceRow.id, watch, log, stepEvent);
+      const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs, generation };
       const previous = instanceRow.applied ?? instanceRow.previous;
       this.d.store.updateInstance(instanceRow.id, { state: 'running', applied, previous, error: null });
       this.emit('update', p.instance, 'finished', `${p.action} done in ${this.d.clock.now() - started} ms`, { durationMs: this.d.clock.now() - started });
@@ -264,6 +329,60 @@ export class RolloutExecutor {
       handle?.close();
       log.flush();
     }
+  }
+
+  /** install → (drain → stop, in place) → apply → start → health; returns the generation applied. */
+  private async bringUp(handle: InstanceHandle, p: InstancePlan, group: DesiredGroup, vm: VmRow, instanceId: string, watch: WatchTime, log: InstanceLog, stepEvent: (s: InstanceStep) => void): Promise<string> {
+    stepEvent('install');
+    await handle.prepare({ bootHook: this.d.providers.def(p.cloud).type === 'local' });
+    if (p.action === 'update') {
+      stepEvent('drain');
+      await handle.drain();
+      stepEvent('stop');
+      await handle.stop();
+    }
+    stepEvent('apply');
+    const igManifest = this.d.loaded.manifest.instanceGroups.find((g) => g.name === p.group)!;
+    const spec = { deployment: this.d.desired.deployment, name: p.group, index: p.index, id: instanceId, az: p.az, address: vm.ips[0] ?? vm.sshHost };
+    const gen = generationOf(renderInstance(igManifest.jobs, this.d.releases, spec));
+    await handle.apply(gen);
+    stepEvent('start');
+    await handle.start();
+    stepEvent('health');
+    await this.watch(handle, p.group, spec.address, watch, log);
+    return gen.id;
+  }
+
+  /**
+   * create-swap-delete: the new VM is created and proven healthy while the old one keeps serving;
+   * only then does the instance point at the new VM and the old one get drained and deleted. A
+   * failure before the swap deletes the new VM and leaves the old one as it was. The new VM is
+   * recorded before it is used, so a crash mid-swap leaves a stray the next run deletes.
+   */
+  private async swapInstance(p: InstancePlan, group: DesiredGroup, watch: WatchTime, row: InstanceRow, touched: Touched, log: InstanceLog, started: number, stepEvent: (s: InstanceStep) => void): Promise<null> {
+    const oldVm = this.d.store.vm(row.cloud, row.vmCid!);
+    stepEvent('create_vm');
+    const newVm = await this.createVm(row, p, group, log, { attach: false });
+    let handle: InstanceHandle | null = null;
+    let generation: string;
+    try {
+      stepEvent('connect');
+      handle = await this.open(newVm, p.instance, log);
+      generation = await this.bringUp(handle, p, group, newVm, row.id, watch, log, stepEvent);
+    } catch (err) {
+      touched.swapIntact = true;
+      log('director', `the new VM failed; deleting it, the old VM ${row.vmCid} keeps serving`);
+      await this.destroyVm(newVm, p.instance, log).catch((e: unknown) => log('director', `could not delete the new VM ${newVm.cid}: ${e instanceof Error ? e.message : String(e)}`));
+      throw err;
+    } finally {
+      handle?.close();
+    }
+    const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs, generation };
+    this.d.store.updateInstance(row.id, { vmCid: newVm.cid, az: p.az, cloud: p.cloud, state: 'running', applied, previous: row.applied ?? row.previous, error: null });
+    stepEvent('delete_vm');
+    if (oldVm) await this.destroyVm(oldVm, p.instance, log);
+    this.emit('update', p.instance, 'finished', `${p.action} (create-swap-delete) done in ${this.d.clock.now() - started} ms`, { durationMs: this.d.clock.now() - started });
+    return null;
   }
 
   /** Health watch over the window; a job process that died fails at once with its own stderr. */
@@ -301,7 +420,7 @@ export class RolloutExecutor {
     return out;
   }
 
-  private async createVm(row: InstanceRow, p: InstancePlan, group: DesiredGroup, log: InstanceLog): Promise<VmRow> {
+  private async createVm(row: InstanceRow, p: InstancePlan, group: DesiredGroup, log: InstanceLog, opts: { attach: boolean } = { attach: true }): Promise<VmRow> {
     const provider = this.d.providers.get(p.cloud);
     const az = this.d.loaded.cloudConfig.azs.find((a) => a.name === p.az)!;
     const vmType = this.d.loaded.cloudConfig.vmTypes.find((v) => v.name === group.vmType)!;
@@ -338,7 +457,7 @@ export class RolloutExecutor {
     // Recorded before anything else happens to it: a crash from here on leaves a known VM.
     this.d.store.db.transaction(() => {
       this.d.store.recordVm(vmRow);
-      this.d.store.updateInstance(row.id, { vmCid: vm.cid, az: p.az, cloud: p.cloud });
+      if (opts.attach) this.d.store.updateInstance(row.id, { vmCid: vm.cid, az: p.az, cloud: p.cloud });
     })();
     log('director', `VM ${vm.cid} created, ip ${vm.ips.join(', ')}`);
     return vmRow;
@@ -353,37 +472,42 @@ export class RolloutExecutor {
     return handle;
   }
 
-  /** Stops the jobs of an instance's VM (best effort: the VM may be broken) and deletes the VM. */
+  /** Stops the jobs of an instance's VM (best effort: the VM may be broken), deletes it, detaches it. */
   private async teardownVm(row: InstanceRow, log: InstanceLog): Promise<void> {
     if (!row.vmCid) return;
-    const name = `${row.group}/${row.index}`;
     const vm = this.d.store.vm(row.cloud, row.vmCid);
-    if (vm) {
-      let handle: InstanceHandle | null = null;
-      try {
-        handle = await this.open(vm, name, log);
-        this.emit('update', name, 'step', 'drain');
-        await handle.drain();
-        this.emit('update', name, 'step', 'stop');
-        await handle.stop();
-      } catch (err) {
-        log('director', `could not stop jobs before deleting the VM (${err instanceof Error ? err.message : String(err)}); deleting it anyway`);
-      } finally {
-        handle?.close();
-      }
+    if (vm) await this.destroyVm(vm, `${row.group}/${row.index}`, log);
+    else await this.deleteFromCloud(row.cloud, row.vmCid, log);
+    this.d.store.updateInstance(row.id, { vmCid: null });
+  }
+
+  /** Drains and stops what runs on a recorded VM (best effort), deletes it in its cloud, forgets it. */
+  private async destroyVm(vm: VmRow, name: string, log: InstanceLog): Promise<void> {
+    let handle: InstanceHandle | null = null;
+    try {
+      handle = await this.open(vm, name, log);
+      this.emit('update', name, 'step', 'drain');
+      await handle.drain();
+      this.emit('update', name, 'step', 'stop');
+      await handle.stop();
+    } catch (err) {
+      log('director', `could not stop jobs on ${vm.cid} before deleting it (${err instanceof Error ? err.message : String(err)}); deleting it anyway`);
+    } finally {
+      handle?.close();
     }
     this.emit('update', name, 'step', 'delete_vm');
+    await this.deleteFromCloud(vm.cloud, vm.cid, log);
+    this.d.store.deleteVm(vm.cloud, vm.cid);
+  }
+
+  private async deleteFromCloud(cloud: string, cid: string, log: InstanceLog): Promise<void> {
     try {
-      await this.d.providers.get(row.cloud).delete(row.vmCid);
+      await this.d.providers.get(cloud).delete(cid);
     } catch (err) {
       const e = err instanceof DirectorError ? err : infraError('vm_delete_failed', String(err), { cause: err });
-      throw new StepError('delete_vm', 'infrastructure', e.code, `deleting VM ${row.vmCid} failed: ${e.message}`, [], { hint: e.hint, cause: err });
+      throw new StepError('delete_vm', 'infrastructure', e.code, `deleting VM ${cid} failed: ${e.message}`, [], { hint: e.hint, cause: err });
     }
-    log('director', `VM ${row.vmCid} deleted`);
-    this.d.store.db.transaction(() => {
-      this.d.store.deleteVm(row.cloud, row.vmCid!);
-      this.d.store.updateInstance(row.id, { vmCid: null });
-    })();
+    log('director', `VM ${cid} deleted`);
   }
 
   private async deleteInstance(p: InstancePlan): Promise<InstanceFailure | null> {
@@ -414,7 +538,11 @@ export class RolloutExecutor {
    * A VM this rollout replaced (recreate) is gone, so that instance is reported, not guessed at.
    */
   private async rollback(group: DesiredGroup): Promise<void> {
-    const targets = [...this.touched].reverse();
+    const targets = [...this.touched].reverse().filter((t) => {
+      if (!this.abandoned.has(t.plan.instance)) return true;
+      this.result.notRolledBack.push({ instance: t.plan.instance, reason: `still at ${this.inFlight.get(t.plan.instance) ?? 'work'} when the progress deadline passed` });
+      return false;
+    });
     const maxInFlight = resolveCount(group.update.maxInFlight, group.instances, 1);
     this.emit('rollback', null, 'started', `rolling back ${targets.length} touched instance(s), max_in_flight ${maxInFlight}, no canaries`, { instances: targets.map((t) => t.plan.instance) });
     const limit = pLimit(maxInFlight);
@@ -441,6 +569,13 @@ export class RolloutExecutor {
         this.d.store.deleteInstance(row.id);
         this.result.rolledBack.push(name);
         this.emit('rollback', name, 'finished', 'deleted');
+        return;
+      }
+      if (t.swapIntact) {
+        // The swap never happened: the old VM still runs what it ran before.
+        this.d.store.updateInstance(row.id, { state: 'running', error: null });
+        this.result.rolledBack.push(name);
+        this.emit('rollback', name, 'finished', 'old VM kept serving; nothing to restore');
         return;
       }
       const before = t.before;

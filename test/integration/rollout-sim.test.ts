@@ -25,6 +25,11 @@ interface Opts {
   autoRollback?: boolean;
   clouds?: string[];
   sim?: string;
+  vmType?: string;
+  vmStrategy?: string;
+  progressDeadline?: string;
+  /** a second group, `worker`, after web; both get this `serial` (BOSH: false on both → together) */
+  worker?: { instances: number; serial: boolean };
 }
 
 function setup(o: { clouds?: string[]; sim?: string } = {}) {
@@ -38,6 +43,8 @@ clouds:
 ${clouds.map((c) => `- name: ${c}\n  type: sim\n  persist: false\n  rate_limit: 100000\n  stop_ms: 2\n  apply_ms: 2\n  start_ms: 2\n${o.sim ?? ''}`).join('')}
 vm_types:
 - name: small
+- name: large
+  cloud_properties: { size: large }
 `,
   );
   const ctx = openContext(join(dir, 'home'));
@@ -56,17 +63,28 @@ update:
   update_watch_time: 0-300
   max_failures: ${m.maxFailures ?? 0}
   auto_rollback: ${m.autoRollback ?? true}
-instance_groups:
+  vm_strategy: ${m.vmStrategy ?? 'delete-create'}
+${m.progressDeadline ? `  progress_deadline: ${m.progressDeadline}\n` : ''}instance_groups:
 - name: web
   instances: ${m.instances}
   azs: [${clouds.map((c) => `${c}-az`).join(', ')}]
+  vm_type: ${m.vmType ?? 'small'}
+${m.worker ? `  update: { serial: ${m.worker.serial} }\n` : ''}  jobs:
+  - name: web
+    release: hello
+    properties: { greeting: ${m.greeting} }
+  health: [http-health]
+${m.worker ? `- name: worker
+  instances: ${m.worker.instances}
+  azs: [${clouds.map((c) => `${c}-az`).join(', ')}]
   vm_type: small
+  update: { serial: ${m.worker.serial} }
   jobs:
   - name: web
     release: hello
     properties: { greeting: ${m.greeting} }
   health: [http-health]
-`,
+` : ''}`,
     );
     return file;
   };
@@ -215,5 +233,90 @@ describe('rollout engine on the sim provider', () => {
     expect(result.done).toHaveLength(60);
     expect((providers.get('sim') as RateLimitedProvider).stats.throttled).toBeGreaterThan(5);
     expect(env.sims()[0]!.size).toBe(60);
+  });
+
+  it('rolls consecutive serial: false groups together, and serial ones one after another', async () => {
+    env = setup({ sim: '  healthy_after_ms: 20\n' });
+    const overlap = async (serial: boolean) => {
+      const { events, result } = await env.run({ instances: 6, greeting: serial ? 'S' : 'P', canaries: 0, maxInFlight: 2, worker: { instances: 6, serial } });
+      expect(result.ok).toBe(true);
+      const upd = events.filter((e) => e.stage === 'update' && e.instance && e.state !== 'step');
+      const lastWebFinish = Math.max(...upd.filter((e) => e.instance!.startsWith('web/') && e.state === 'finished').map((e) => events.indexOf(e)));
+      const firstWorkerStart = Math.min(...upd.filter((e) => e.instance!.startsWith('worker/') && e.state === 'started').map((e) => events.indexOf(e)));
+      return firstWorkerStart < lastWebFinish;
+    };
+    expect(await overlap(true)).toBe(false);
+    expect(await overlap(false)).toBe(true);
+  });
+
+  it('a failure in the first group leaves the next serial group untouched, reported as skipped', async () => {
+    env = setup();
+    await env.run({ instances: 3, greeting: 'A', maxInFlight: 3, canaries: 0, worker: { instances: 3, serial: true } });
+    const before = env.generations();
+    for (const s of env.sims()) s.faults.healthFails = (instance, gen) => instance === 'web/1' && gen !== before.get(instance);
+    const { result, events } = await env.run({ instances: 3, greeting: 'B', canaries: 1, maxInFlight: 1, worker: { instances: 3, serial: true } });
+    expect(result.ok).toBe(false);
+    expect(result.skipped).toEqual(expect.arrayContaining(['web/2', 'worker/0', 'worker/1', 'worker/2']));
+    expect(events.some((e) => e.instance?.startsWith('worker/') && e.stage === 'update')).toBe(false);
+    expect(env.generations()).toEqual(before);
+  });
+
+  it('create-swap-delete proves the new VM healthy before deleting the old one', async () => {
+    env = setup();
+    await env.run({ instances: 4, greeting: 'A', maxInFlight: 4, canaries: 0 });
+    const oldCids = env.ctx.store.instances('rehearsal').map((i) => i.vmCid);
+    const { events, result } = await env.run({ instances: 4, greeting: 'A', vmType: 'large', vmStrategy: 'create-swap-delete', canaries: 1, maxInFlight: 2 });
+    expect(result.ok).toBe(true);
+    const steps = events.filter((e) => e.instance === 'web/0' && e.state === 'step').map((e) => e.message);
+    expect(steps.indexOf('health')).toBeLessThan(steps.lastIndexOf('delete_vm'));
+    expect(steps.indexOf('create_vm')).toBeLessThan(steps.indexOf('drain'));
+    const newCids = env.ctx.store.instances('rehearsal').map((i) => i.vmCid);
+    expect(newCids.every((c, i) => c !== oldCids[i])).toBe(true);
+    expect(env.sims()[0]!.size).toBe(4);
+  });
+
+  it('a failed create-swap-delete deletes the new VM and leaves the old one serving', async () => {
+    env = setup();
+    await env.run({ instances: 3, greeting: 'A', maxInFlight: 3, canaries: 0 });
+    const oldCids = env.ctx.store.instances('rehearsal').map((i) => i.vmCid);
+    const sim = env.sims()[0]!;
+    const oldSet = new Set(oldCids);
+    sim.faults.healthFails = () => false;
+    // Every VM the swap creates fails its health check.
+    sim.faults.healthFails = (instance) => instance === 'web/0' && sim.all().some((vm) => !oldSet.has(vm.cid) && vm.tags.index === '0');
+    const { result, task } = await env.run({ instances: 3, greeting: 'A', vmType: 'large', vmStrategy: 'create-swap-delete', canaries: 1, maxInFlight: 1 });
+    expect(result.failed.map((f) => f.instance)).toEqual(['web/0']);
+    expect(result.rolledBack).toEqual(['web/0']);
+    expect(env.ctx.store.instances('rehearsal').map((i) => [i.vmCid, i.state])).toEqual(oldCids.map((c) => [c, 'running']));
+    expect(sim.all().map((v) => v.cid).sort()).toEqual([...oldCids].sort());
+    expect(task.state).toBe('error');
+  });
+
+  it('fails a stalled rollout at progress_deadline, naming where each stuck instance is', async () => {
+    env = setup({ sim: '  boot_never: [web/2]\n  boot_timeout_ms: 3000\n' });
+    await env.run({ instances: 4, greeting: 'A', maxInFlight: 4, canaries: 0 }).catch(() => undefined);
+    const { result, task, events } = await env.run({ instances: 4, greeting: 'B', canaries: 1, maxInFlight: 1, progressDeadline: '300' });
+    expect(result.ok).toBe(false);
+    const stuck = result.failed.find((f) => f.code === 'progress_deadline_exceeded');
+    expect(stuck).toMatchObject({ instance: 'web/2', step: 'connect' });
+    expect(events.some((e) => e.stage === 'halt' && (e.message ?? '').includes('web/2 at connect'))).toBe(true);
+    expect(result.notRolledBack.map((n) => n.instance)).toEqual(['web/2']);
+    expect(task.state).toBe('error');
+  });
+
+  it('deletes VMs an interrupted swap left behind before rolling out', async () => {
+    env = setup();
+    await env.run({ instances: 2, greeting: 'A', maxInFlight: 2, canaries: 0 });
+    // What a crash between "new VM recorded" and "instance switched to it" leaves: a second VM for web/0.
+    const web0 = env.ctx.store.instances('rehearsal')[0]!;
+    const sim = env.sims()[0]!;
+    const stray = sim.create({ az: 'sim-az', tags: { director: env.ctx.directorId, deployment: 'rehearsal', instance_group: 'web', index: '0', instance_id: web0.id }, createdAt: new Date().toISOString() });
+    env.ctx.store.recordVm({ cloud: 'sim', cid: stray.cid, deployment: 'rehearsal', instanceId: web0.id, az: 'sim-az', ips: [stray.ip], sshHost: stray.ip, sshPort: 0, sshUser: 'sim', hostKey: null, createdAt: stray.createdAt });
+    const { outcome, result } = await env.run({ instances: 2, greeting: 'A', maxInFlight: 2, canaries: 0 });
+    expect(outcome.plan.strayVms).toEqual([{ cloud: 'sim', cid: stray.cid, instance: 'web/0' }]);
+    expect(result.ok).toBe(true);
+    expect(sim.get(stray.cid)).toBeUndefined();
+    expect(env.ctx.store.vm('sim', stray.cid)).toBeNull();
+    expect(sim.size).toBe(2);
   });
 });
