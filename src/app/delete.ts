@@ -1,13 +1,13 @@
 /** `director delete-deployment`: stops every job, deletes every VM, forgets the deployment. */
 import { DirectorError, userError } from '../errors.js';
 import type { LoadedDeployment } from '../manifest/types.js';
-import type { Plan } from '../plan/types.js';
+import { plan as makePlan } from '../plan/plan.js';
 import { ProviderSet } from '../providers/registry.js';
 import { RolloutExecutor, taskErrorFromFailure } from '../rollout/executor.js';
 import { SshInstanceConnector } from '../instance/agent.js';
 import { RoutingConnector } from '../instance/routing.js';
 import { Ssh2Connector } from '../ssh/connection.js';
-import { DEFAULT_LEASE_MS } from '../tasks/locks.js';
+import { withDeploymentLock } from '../tasks/locks.js';
 import { taskErrorOf, type EventRow } from '../tasks/tasks.js';
 import type { DirectorContext } from './context.js';
 import { observe } from './observe.js';
@@ -22,47 +22,28 @@ export async function deleteDeployment(ctx: DirectorContext, name: string, opts:
   }
   const taskId = ctx.tasks.create('delete-deployment', name, `delete deployment ${name}`);
   opts.onTask?.(taskId);
-  const lockName = `deployment:${name}`;
   const providers = new ProviderSet(dep.clouds, ctx.home);
-  let locked = false;
-  let renew: NodeJS.Timeout | undefined;
   try {
-    ctx.tasks.closeAbandoned();
-    ctx.locks.acquire(lockName, taskId);
-    locked = true;
-    renew = setInterval(() => ctx.locks.renew(lockName, taskId), DEFAULT_LEASE_MS / 3);
-    renew.unref();
-    const { observed } = await observe(ctx, providers, name);
-    const plan: Plan = {
-      version: 1,
-      deployment: name,
-      noop: observed.instances.length === 0 && (observed.strayVms ?? []).length === 0,
-      strayVms: observed.strayVms ?? [],
-      instances: observed.instances.map((o) => ({
-        instance: `${o.group}/${o.index}`, group: o.group, index: o.index, id: o.id, az: o.az, cloud: o.cloud,
-        action: 'delete', reasons: [{ code: 'removed_group' }], canary: false, wave: null, vmCid: o.vmCid,
-      })),
-      groups: [],
-      summary: { none: 0, create: 0, update: 0, restart: 0, recreate: 0, delete: observed.instances.length },
-      observedFingerprint: '',
-      etaMs: 0,
-    };
-    const loaded = { manifest: { name, releases: [], instanceGroups: [] }, cloudConfig: { clouds: dep.clouds, azs: [], vmTypes: [] }, vars: [] } as unknown as LoadedDeployment;
-    const executor = new RolloutExecutor({
-      store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, connector: new RoutingConnector(providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 3 }), ctx.keys.privateKey)),
-      keys: ctx.keys, directorId: ctx.directorId, loaded, releases: new Map(), desired: { deployment: name, groups: [] },
-      healthChecks: new Map(), redact: (s) => s, onEvent: opts.onEvent, deleteInFlight: DELETE_IN_FLIGHT,
+    return await withDeploymentLock(ctx.locks, ctx.tasks, name, taskId, async () => {
+      // The planner with no instance groups desired: every instance is deleted, strays too.
+      const plan = makePlan({ deployment: name, groups: [] }, (await observe(ctx, providers, name)).observed);
+      const loaded = { manifest: { name, releases: [], instanceGroups: [] }, cloudConfig: { clouds: dep.clouds, azs: [], vmTypes: [] }, vars: [] } as unknown as LoadedDeployment;
+      const executor = new RolloutExecutor({
+        store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, connector: new RoutingConnector(providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 3 }), ctx.keys.privateKey)),
+        keys: ctx.keys, directorId: ctx.directorId, loaded, releases: new Map(), desired: { deployment: name, groups: [] },
+        healthChecks: new Map(), redact: (s) => s, onEvent: opts.onEvent, deleteInFlight: DELETE_IN_FLIGHT,
+      });
+      const result = await executor.run(plan);
+      if (!result.ok) {
+        const f = result.failed[0]!;
+        ctx.tasks.finish(taskId, 'error', null, taskErrorFromFailure(f, `run delete-deployment again once the cause is fixed; director task ${taskId} --vm ${f.instance} shows the log`));
+        throw new DirectorError(f.code, f.errorClass as 'infrastructure', `${f.instance}: ${f.message}`, { hint: `director task ${taskId} --vm ${f.instance}` });
+      }
+      ctx.store.deleteDeployment(name);
+      ctx.tasks.finish(taskId, 'done', `deleted ${result.done.length} instance(s)`);
+      opts.onEvent?.(ctx.tasks.addEvent(taskId, 'delete', null, 'finished', `deployment ${name} deleted`));
+      return { taskId, deleted: result.done.length };
     });
-    const result = await executor.run(plan);
-    if (!result.ok) {
-      const f = result.failed[0]!;
-      ctx.tasks.finish(taskId, 'error', null, taskErrorFromFailure(f, `run delete-deployment again once the cause is fixed; director task ${taskId} --vm ${f.instance} shows the log`));
-      throw new DirectorError(f.code, f.errorClass as 'infrastructure', `${f.instance}: ${f.message}`, { hint: `director task ${taskId} --vm ${f.instance}` });
-    }
-    ctx.store.deleteDeployment(name);
-    ctx.tasks.finish(taskId, 'done', `deleted ${result.done.length} instance(s)`);
-    opts.onEvent?.(ctx.tasks.addEvent(taskId, 'delete', null, 'finished', `deployment ${name} deleted`));
-    return { taskId, deleted: result.done.length };
   } catch (err) {
     const t = ctx.tasks.get(taskId);
     if (t?.state === 'processing') {
@@ -71,8 +52,6 @@ export async function deleteDeployment(ctx: DirectorContext, name: string, opts:
     }
     throw err;
   } finally {
-    if (renew) clearInterval(renew);
-    if (locked) ctx.locks.release(lockName, taskId);
     await providers.closeAll();
   }
 }

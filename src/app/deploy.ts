@@ -17,7 +17,7 @@ import { SshInstanceConnector } from '../instance/agent.js';
 import { RoutingConnector } from '../instance/routing.js';
 import { Ssh2Connector } from '../ssh/connection.js';
 import type { SshConnector } from '../ssh/types.js';
-import { DEFAULT_LEASE_MS } from '../tasks/locks.js';
+import { withDeploymentLock } from '../tasks/locks.js';
 import { taskErrorOf, type EventRow } from '../tasks/tasks.js';
 import type { DirectorContext } from './context.js';
 import { observe } from './observe.js';
@@ -94,63 +94,54 @@ export async function deploy(
   const taskId = opts.taskId ?? ctx.tasks.create('deploy', desired.deployment, `deploy ${desired.deployment}`);
   ctx.tasks.setDeployment(taskId, desired.deployment);
   opts.onTask?.(taskId);
-  const lockName = `deployment:${desired.deployment}`;
   const emit = (stage: string, state: string, message: string | null = null, data: Record<string, unknown> | null = null) => {
     opts.onEvent?.(ctx.tasks.addEvent(taskId, stage, null, state, message, data));
   };
-  let locked = false;
-  let renew: NodeJS.Timeout | undefined;
   try {
-    ctx.tasks.closeAbandoned();
-    ctx.locks.acquire(lockName, taskId);
-    locked = true;
-    renew = setInterval(() => ctx.locks.renew(lockName, taskId), DEFAULT_LEASE_MS / 3);
-    renew.unref();
-
-    // The plan shown may be minutes old (a person read it): refuse it if what runs has changed.
-    const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
-    const fresh = makePlan(desired, (await observe(ctx, prepared.providers, desired.deployment, usedClouds)).observed);
-    if (fresh.observedFingerprint !== plan.observedFingerprint) {
-      throw userError('plan_stale', `the deployment changed since this plan was made (observed ${plan.observedFingerprint}, now ${fresh.observedFingerprint})`, { hint: 'run the command again to see the new plan' });
-    }
-    ctx.store.upsertDeployment(desired.deployment, prepared.loaded.manifestFile, prepared.loaded.cloudConfigFile, prepared.loaded.cloudConfig.clouds);
-    emit('plan', 'finished', `${summaryLine(plan)}`, { summary: plan.summary, etaMs: plan.etaMs });
-    if (plan.noop) {
-      emit('deploy', 'finished', 'no changes');
-      ctx.tasks.finish(taskId, 'done', 'no changes');
-      return { taskId, plan, result: { ok: true, done: [], failed: [], skipped: [], cancelled: false, rolledBack: [], rollbackFailed: [], notRolledBack: [] } };
-    }
-    const executor = new RolloutExecutor({
-      store: ctx.store,
-      tasks: ctx.tasks,
-      taskId,
-      clock: ctx.clock,
-      providers: prepared.providers,
-      connector: new RoutingConnector(prepared.providers, new SshInstanceConnector(opts.ssh ?? new Ssh2Connector(), ctx.keys.privateKey)),
-      keys: ctx.keys,
-      directorId: ctx.directorId,
-      loaded: prepared.loaded,
-      releases: prepared.releases,
-      desired,
-      healthChecks: prepared.healthChecks,
-      redact: prepared.redact,
-      onEvent: opts.onEvent,
-      cancelRequested: () => ctx.tasks.isCancelRequested(taskId),
+    return await withDeploymentLock(ctx.locks, ctx.tasks, desired.deployment, taskId, async () => {
+      // The plan shown may be minutes old (a person read it): refuse it if what runs has changed.
+      const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
+      const fresh = makePlan(desired, (await observe(ctx, prepared.providers, desired.deployment, usedClouds)).observed);
+      if (fresh.observedFingerprint !== plan.observedFingerprint) {
+        throw userError('plan_stale', `the deployment changed since this plan was made (observed ${plan.observedFingerprint}, now ${fresh.observedFingerprint})`, { hint: 'run the command again to see the new plan' });
+      }
+      ctx.store.upsertDeployment(desired.deployment, prepared.loaded.manifestFile, prepared.loaded.cloudConfigFile, prepared.loaded.cloudConfig.clouds);
+      emit('plan', 'finished', `${summaryLine(plan)}`, { summary: plan.summary, etaMs: plan.etaMs });
+      if (plan.noop) {
+        emit('deploy', 'finished', 'no changes');
+        ctx.tasks.finish(taskId, 'done', 'no changes');
+        return { taskId, plan, result: { ok: true, done: [], failed: [], skipped: [], cancelled: false, rolledBack: [], rollbackFailed: [], notRolledBack: [] } };
+      }
+      const executor = new RolloutExecutor({
+        store: ctx.store,
+        tasks: ctx.tasks,
+        taskId,
+        clock: ctx.clock,
+        providers: prepared.providers,
+        connector: new RoutingConnector(prepared.providers, new SshInstanceConnector(opts.ssh ?? new Ssh2Connector(), ctx.keys.privateKey)),
+        keys: ctx.keys,
+        directorId: ctx.directorId,
+        loaded: prepared.loaded,
+        releases: prepared.releases,
+        desired,
+        healthChecks: prepared.healthChecks,
+        redact: prepared.redact,
+        onEvent: opts.onEvent,
+        cancelRequested: () => ctx.tasks.isCancelRequested(taskId),
+      });
+      const onAbort = () => executor.cancel();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      if (opts.signal?.aborted) executor.cancel();
+      const result = await executor.run(plan).finally(() => opts.signal?.removeEventListener('abort', onAbort));
+      finishDeployTask(ctx, taskId, result, emit);
+      return { taskId, plan, result };
     });
-    const onAbort = () => executor.cancel();
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    if (opts.signal?.aborted) executor.cancel();
-    const result = await executor.run(plan).finally(() => opts.signal?.removeEventListener('abort', onAbort));
-    finishDeployTask(ctx, taskId, result, emit);
-    return { taskId, plan, result };
   } catch (err) {
     const e = err instanceof DirectorError ? err : new DirectorError('internal', 'internal', err instanceof Error ? err.message : String(err), { cause: err });
     emit('deploy', 'failed', prepared.redact(e.message));
     ctx.tasks.finish(taskId, 'error', null, taskErrorOf(e));
     throw e;
   } finally {
-    if (renew) clearInterval(renew);
-    if (locked) ctx.locks.release(lockName, taskId);
     await prepared.providers.closeAll();
   }
 }

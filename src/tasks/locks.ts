@@ -52,3 +52,21 @@ export class Locks {
     return (this.db.prepare('SELECT name FROM locks ORDER BY name').all() as Record<string, unknown>[]).map((r) => this.get(r.name as string)!);
   }
 }
+
+/**
+ * Runs `fn` holding the deployment's lock for `taskId`: closes tasks of dead directors first (so
+ * their locks can be taken over), renews the lease while `fn` runs, and always releases.
+ */
+export async function withDeploymentLock<T>(locks: Locks, tasks: { closeAbandoned(): unknown }, deployment: string, taskId: number, fn: () => Promise<T>): Promise<T> {
+  const name = `deployment:${deployment}`;
+  tasks.closeAbandoned();
+  locks.acquire(name, taskId);
+  const renew = setInterval(() => locks.renew(name, taskId), DEFAULT_LEASE_MS / 3);
+  renew.unref();
+  try {
+    return await fn();
+  } finally {
+    clearInterval(renew);
+    locks.release(name, taskId);
+  }
+}
