@@ -183,30 +183,67 @@ export class VmSshEndpoint {
     let finished = false;
     let channelClosed = false;
 
+    // One ordered writer for stdout and stderr, with at most one write outstanding. ssh2 1.17's
+    // server resumes only one of the two streams when the client opens the SSH window again
+    // (an if/else-if in its CHANNEL_WINDOW_ADJUST handler): with both waiting on a full window,
+    // the other one waited forever — `head -c 3000000 /dev/zero; echo done >&2` hung about one
+    // run in three on a loaded machine. Never letting both wait at once avoids it.
+    const queue: { stderr: boolean; data: Buffer }[] = [];
+    let queued = 0;
+    let writing = false;
+    const idle: (() => void)[] = [];
+    const pump = () => {
+      if (writing || channelClosed) return;
+      const next = queue.shift();
+      if (!next) {
+        for (const resolve of idle.splice(0)) resolve();
+        return;
+      }
+      writing = true;
+      (next.stderr ? channel.stderr : channel).write(next.data, () => {
+        writing = false;
+        queued -= next.data.length;
+        if (queued < 1 << 20) {
+          child.stdout.resume();
+          child.stderr.resume();
+        }
+        pump();
+      });
+    };
+    const enqueue = (stderr: boolean) => (data: Buffer) => {
+      queue.push({ stderr, data });
+      queued += data.length;
+      // The command's own backpressure: stop reading it while a megabyte waits for the client.
+      if (queued >= 1 << 20) {
+        child.stdout.pause();
+        child.stderr.pause();
+      }
+      pump();
+    };
+
     const finish = (code: number | null, sig: NodeJS.Signals | null) => {
       if (finished) return;
       finished = true;
       if (channelClosed) return;
       // exit-status goes out at once, bypassing data still queued behind the SSH window: wait
-      // until both streams have flushed so the client sees all output before the status.
-      let pending = 2;
+      // until every byte of output was handed to the channel so the client sees it first.
       const done = () => {
-        if (--pending > 0 || channelClosed) return;
+        if (channelClosed) return;
         if (sig && RFC4254_SIGNALS.has(sig)) channel.exit(sig.slice(3), false, '');
         // Signals SSH has no name for (SIGBUS, SIGSYS…) are reported the way a shell would.
         else if (sig) channel.exit(128 + (os.constants.signals[sig] ?? 0));
         else channel.exit(code ?? 255);
         channel.end();
       };
-      channel.write(Buffer.alloc(0), done);
-      channel.stderr.write(Buffer.alloc(0), done);
+      if (!writing && queue.length === 0) done();
+      else idle.push(done);
     };
 
     child.stdin.on('error', () => {}); // EPIPE when the command exits without reading its input
     channel.on('error', (err: Error) => this.log.debug({ err: err.message }, 'ssh channel error'));
     channel.pipe(child.stdin);
-    child.stdout.pipe(channel, { end: false });
-    child.stderr.pipe(channel.stderr, { end: false });
+    child.stdout.on('data', enqueue(false));
+    child.stderr.on('data', enqueue(true));
     child.on('error', (err) => {
       channel.stderr.write(`local-cloud: cannot run command: ${err.message}\n`);
       finish(127, null);
@@ -216,8 +253,7 @@ export class VmSshEndpoint {
     child.on('close', (code, sig) => finish(code, sig));
     channel.on('close', () => {
       channelClosed = true;
-      child.stdout.unpipe();
-      child.stderr.unpipe();
+      queue.length = 0;
       if (!finished && child.pid !== undefined) {
         // The client went away mid-command (timeout, dropped connection): hang up on it like a
         // terminal would. Jobs started with setsid/nohup are unaffected.
