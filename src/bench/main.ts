@@ -6,6 +6,8 @@
  *   rollout-1000       1000 sim instances, canaries 5, max_in_flight 50, fixed per-instance time
  *   fail-and-rollback  the same fleet; health fails on one instance of the 3rd wave
  *   local-100          100 local-cloud VMs over real SSH, a release change, max_in_flight 20
+ *   static-50          50 real OpenSSH hosts (static cloud), canary 1, max_in_flight 10
+ *   static-300         300 real OpenSSH hosts, max_in_flight 50, no false failures (only when named: ~2 min)
  *
  * Lower bound of a rollout: T(canary wave) + ceil((N - canaries) / max_in_flight) × T.
  */
@@ -19,6 +21,7 @@ import { deploy, prepare } from '../app/deploy.js';
 import { LocalCloudClient } from '../local-cloud/client.js';
 import { SimCloud } from '../providers/sim/index.js';
 import type { EventRow } from '../tasks/tasks.js';
+import { staticScenarios } from './static.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -253,15 +256,17 @@ async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const json = args.includes('--json');
   const names = args.filter((a) => !a.startsWith('--'));
-  const known = ['rollout-1000', 'fail-and-rollback', 'local-100'];
+  const known = ['rollout-1000', 'fail-and-rollback', 'local-100', 'static-50', 'static-300'];
   const unknown = names.filter((n) => !known.includes(n));
   if (unknown.length) {
     process.stderr.write(`unknown scenario ${unknown.join(', ')}; scenarios: ${known.join(', ')}\n`);
     process.exit(1);
   }
-  const selected = (n: string) => names.length === 0 || names.includes(n);
+  const byDefault = (n: string) => n !== 'static-300';
+  const selected = (n: string) => (names.length === 0 ? byDefault(n) : names.includes(n));
   if (selected('rollout-1000') || selected('fail-and-rollback')) for (const r of await simScenarios(selected)) print(r, json);
   if (selected('local-100')) print(await local100(), json);
+  if (selected('static-50') || selected('static-300')) await staticScenarios(selected, json);
 }
 
 main().catch((err) => {

@@ -46,6 +46,14 @@ export class SshInstanceConnector implements InstanceConnector {
   }
 }
 
+interface RunOptions {
+  stdin?: Buffer | string;
+  timeoutMs?: number;
+  display?: string;
+  /** safe to run twice: retried once over a fresh connection when the connection is lost */
+  idempotent?: boolean;
+}
+
 const tail = (text: string, n = 10) => text.split('\n').filter((l) => l.trim() !== '').slice(-n);
 
 export class InstanceAgent implements InstanceHandle {
@@ -63,25 +71,34 @@ export class InstanceAgent implements InstanceHandle {
     return this.baseDir.startsWith('/') ? shq(this.baseDir) : `"$HOME"/${shq(this.baseDir)}`;
   }
 
-  async run(step: InstanceStep, command: string, opts: { stdin?: Buffer | string; timeoutMs?: number; display?: string } = {}): Promise<ExecResult> {
+  async run(step: InstanceStep, command: string, opts: RunOptions = {}): Promise<ExecResult> {
     this.log('director', `$ ${opts.display ?? command}`);
     let result: ExecResult;
-    try {
-      result = await this.conn.exec(command, {
-        stdin: opts.stdin,
-        timeoutMs: opts.timeoutMs,
-        onOutput: (stream, chunk) => this.log(stream, chunk),
-      });
-    } catch (err) {
-      const e = err instanceof DirectorError ? err : infraError('ssh_exec_failed', String(err), { cause: err });
-      this.log('director', `! ${e.message}`);
-      throw new StepError(step, 'infrastructure', e.code, e.message, [], { hint: e.hint, cause: err });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        result = await this.conn.exec(command, {
+          stdin: opts.stdin,
+          timeoutMs: opts.timeoutMs,
+          onOutput: (stream, chunk) => this.log(stream, chunk),
+        });
+        break;
+      } catch (err) {
+        const e = err instanceof DirectorError ? err : infraError('ssh_exec_failed', String(err), { cause: err });
+        this.log('director', `! ${e.message}`);
+        // An idempotent ctl operation whose connection dropped while it ran (it may or may not
+        // have run) is simply run again; the connection re-establishes itself on the next exec.
+        if (opts.idempotent && attempt === 1 && e.code === 'ssh_connection_lost') {
+          this.log('director', `reconnecting and running it again (idempotent)`);
+          continue;
+        }
+        throw new StepError(step, 'infrastructure', e.code, e.message, [], { hint: e.hint, cause: err });
+      }
     }
     this.log('director', `exit ${result.code ?? result.signal}`);
     return result;
   }
 
-  private async must(step: InstanceStep, command: string, opts: { stdin?: Buffer | string; timeoutMs?: number; display?: string } = {}): Promise<ExecResult> {
+  private async must(step: InstanceStep, command: string, opts: RunOptions = {}): Promise<ExecResult> {
     const result = await this.run(step, command, opts);
     if (result.code !== 0) {
       const lines = tail(`${result.stdout}\n${result.stderr}`);
@@ -110,11 +127,11 @@ export class InstanceAgent implements InstanceHandle {
   }
 
   async drain(timeoutMs = 10 * 60_000): Promise<void> {
-    await this.must('drain', `${this.base()}/bin/ctl drain`, { timeoutMs });
+    await this.must('drain', `${this.base()}/bin/ctl drain`, { timeoutMs, idempotent: true });
   }
 
   async stop(timeoutMs = 2 * 60_000): Promise<void> {
-    await this.must('stop', `${this.base()}/bin/ctl stop`, { timeoutMs });
+    await this.must('stop', `${this.base()}/bin/ctl stop`, { timeoutMs, idempotent: true });
   }
 
   /**
@@ -129,6 +146,7 @@ export class InstanceAgent implements InstanceHandle {
     const gen = `${b}/gen/${shq(genId)}`;
     const script = [
       `set -e`,
+      generation.force ? `rm -rf ${gen}` : `true`,
       `if [ ! -e ${gen}/.complete ]; then rm -rf ${gen}.tmp; mkdir -p ${gen}.tmp; tar -xzf - -C ${gen}.tmp; touch ${gen}.tmp/.complete; rm -rf ${gen}; mv ${gen}.tmp ${gen}; else cat >/dev/null; fi`,
       `old=$(readlink ${b}/current 2>/dev/null || true)`,
       `if [ -n "$old" ] && [ "$old" != gen/${shq(genId)} ]; then ln -sfn "$old" ${b}/previous.tmp && mv -Tf ${b}/previous.tmp ${b}/previous; fi`,
@@ -154,16 +172,26 @@ export class InstanceAgent implements InstanceHandle {
     return !r.stdout.includes('missing');
   }
 
+  async fileChecksums(): Promise<Record<string, string>> {
+    const r = await this.must('health', `cd ${this.base()}/current && find jobs -type f -exec sha256sum {} +`, { display: 'checksum the current generation' });
+    const sums: Record<string, string> = {};
+    for (const line of r.stdout.split('\n')) {
+      const m = /^([0-9a-f]{64})\s+\*?(.+)$/.exec(line.trim());
+      if (m) sums[m[2]!] = m[1]!;
+    }
+    return sums;
+  }
+
   check(def: HealthCheckDef, target: { address: string; properties: Record<string, unknown> }): Promise<CheckResult> {
     return runCheck(def, { ...target, exec: (cmd, timeoutMs) => this.run('health', cmd, { timeoutMs }) });
   }
 
   async start(timeoutMs = 5 * 60_000): Promise<void> {
-    await this.must('start', `${this.base()}/bin/ctl start`, { timeoutMs });
+    await this.must('start', `${this.base()}/bin/ctl start`, { timeoutMs, idempotent: true });
   }
 
   async status(): Promise<JobStatus[]> {
-    const result = await this.run('health', `if [ -x ${this.base()}/bin/ctl ]; then ${this.base()}/bin/ctl status; fi`, { timeoutMs: 30_000 });
+    const result = await this.run('health', `if [ -x ${this.base()}/bin/ctl ]; then ${this.base()}/bin/ctl status; fi`, { timeoutMs: 30_000, idempotent: true });
     if (result.code !== 0) throw new StepError('health', 'infrastructure', 'status_failed', `reading job status failed (exit ${result.code})`, tail(result.stderr));
     return parseStatus(result.stdout);
   }

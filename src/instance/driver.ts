@@ -27,6 +27,8 @@ export interface CheckResult {
 export interface GenerationRef {
   id: string;
   archive(): Promise<Buffer>;
+  /** unpack again even if the VM has this generation: its files drifted (repair) */
+  force?: boolean;
 }
 
 /** A live session with one instance's VM, held for the whole update of that instance. */
@@ -46,6 +48,11 @@ export interface InstanceHandle {
   status(): Promise<JobStatus[]>;
   jobLogTail(job: string, lines: number): Promise<string[]>;
   check(def: HealthCheckDef, target: { address: string; properties: Record<string, unknown> }): Promise<CheckResult>;
+  /**
+   * sha256 of every file of the current generation, keyed like Generation.checksums
+   * (`jobs/web/bin/start`), for drift detection; undefined where a driver has no files (sim).
+   */
+  fileChecksums?(): Promise<Record<string, string>>;
   close(): void;
 }
 

@@ -4,6 +4,7 @@ import type { CloudConfig, CloudDef } from '../manifest/types.js';
 import { LocalProvider } from './local/index.js';
 import type { Provider } from './provider.js';
 import { SimProvider } from './sim/index.js';
+import { StaticProvider } from './static/index.js';
 import { RateLimitedProvider, rateLimitFromProperties } from './throttle.js';
 
 export class ProviderSet {
@@ -33,9 +34,13 @@ export class ProviderSet {
         case 'sim':
           p = new RateLimitedProvider(new SimProvider({ cloud: def.name, home: this.home, properties: def.properties }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 100, burst: 100 }));
           break;
+        case 'static':
+          // Assignments are local file operations plus one SSH call per host: a generous limit.
+          p = new RateLimitedProvider(new StaticProvider({ cloud: def.name, home: this.home, properties: def.properties }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 1000, burst: 1000 }));
+          break;
         default:
           throw userError('cloud_type_unsupported', `cloud '${def.name}' has type '${def.type}', which this version of director cannot drive yet`, {
-            hint: 'supported types: local, sim',
+            hint: 'supported types: local, sim, static',
           });
       }
       this.providers.set(cloud, p);

@@ -6,7 +6,7 @@
  * does not limit itself fails at random (see /work/shared/TESTING.md, "SSH").
  */
 import net from 'node:net';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import pLimit, { type LimitFunction } from 'p-limit';
 import ssh2 from 'ssh2';
@@ -72,6 +72,37 @@ export function backoffDelayMs(attempt: number, random: () => number): number {
 interface Handshaken {
   client: Ssh2Client;
   fingerprint: string;
+  /** the jump host's connection this one runs over, if any */
+  via?: Handshaken;
+}
+
+/**
+ * Our own socket so Nagle can be switched off before the first byte: with it on, the many small
+ * handshake packets wait on delayed ACKs (~115 ms vs ~260 ms per handshake).
+ */
+function tcpSocket(target: SshTarget): net.Socket {
+  const sock = net.connect({ host: target.host, port: target.port });
+  sock.setNoDelay(true);
+  return sock;
+}
+
+/** A `direct-tcpip` channel from the jump host to the target, like `ssh -J`. */
+function forwardOut(jump: Ssh2Client, target: SshTarget): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    try {
+      jump.forwardOut('127.0.0.1', 0, target.host, target.port, (err, stream) => (err ? reject(err) : resolve(stream)));
+    } catch (e) {
+      reject(e as Error);
+    }
+  });
+}
+
+function endChain(h: Handshaken | undefined): void {
+  for (let cur = h; cur; cur = cur.via) {
+    const c = cur.client;
+    c.end();
+    setTimeout(() => c.destroy(), CLOSE_GRACE_MS).unref();
+  }
 }
 
 export class Ssh2Connector implements SshConnector {
@@ -97,12 +128,17 @@ export class Ssh2Connector implements SshConnector {
   }
 
   async connect(target: SshTarget): Promise<SshConnection> {
+    const first = await this.establish(target);
+    // A connection that drops between commands reconnects on its next exec, to the same host key.
+    return new Ssh2Connection(first, target, this.maxChannels, (pinned) => this.establish(pinned));
+  }
+
+  /** A handshaken client, with retries (backoff + full jitter) of refused or dropped attempts. */
+  private async establish(target: SshTarget): Promise<Handshaken> {
     let lastCause: Error | undefined;
     for (let attempt = 1; attempt <= this.attempts; attempt++) {
       try {
-        // Slots are held only for the attempt itself, never across the backoff sleep.
-        const { client, fingerprint } = await this.withHandshakeSlot(target, () => this.handshake(target));
-        return new Ssh2Connection(client, target, fingerprint, this.maxChannels);
+        return await this.attempt(target);
       } catch (e) {
         if (e instanceof DirectorError) throw e; // host key mismatch, auth failure: retrying cannot help
         lastCause = e as Error;
@@ -110,10 +146,40 @@ export class Ssh2Connector implements SshConnector {
       }
     }
     const where = describeTarget(target);
-    throw new DirectorError('ssh_unreachable', 'infrastructure', `cannot open an SSH connection to ${where} after ${this.attempts} attempts: ${lastCause?.message ?? 'unknown error'}`, {
-      hint: `Check that the VM is running and sshd is listening on ${target.host}:${target.port} (a VM that is still booting refuses connections; a crowded sshd drops handshakes beyond its MaxStartups).`,
+    const via = target.jump ? ` via jump host ${target.jump.host}:${target.jump.port}` : '';
+    throw new DirectorError('ssh_unreachable', 'infrastructure', `cannot open an SSH connection to ${where}${via} after ${this.attempts} attempts: ${lastCause?.message ?? 'unknown error'}`, {
+      hint: target.jump
+        ? `Check that the jump host accepts the director's key and allows TCP forwarding (AllowTcpForwarding), and that ${target.host}:${target.port} is reachable from it and running sshd.`
+        : `Check that the VM is running and sshd is listening on ${target.host}:${target.port} (a VM that is still booting refuses connections; a crowded sshd drops handshakes beyond its MaxStartups).`,
       cause: lastCause,
     });
+  }
+
+  /**
+   * One attempt, through the jump chain if any. Slots are held only for each handshake itself:
+   * the jump's handshake completes (and frees its slot) before the target's takes one, so nested
+   * slots cannot deadlock the global limit.
+   */
+  private async attempt(target: SshTarget): Promise<Handshaken> {
+    if (!target.jump) return this.withHandshakeSlot(target, () => this.handshake(target, tcpSocket(target)));
+    const jump = await this.attempt(target.jump);
+    let stream: Duplex;
+    try {
+      stream = await forwardOut(jump.client, target);
+    } catch (e) {
+      endChain(jump);
+      // Retryable: the target may be booting, or the jump host briefly refusing channels.
+      throw new Error(`jump host ${describeTarget(target.jump)} could not open a stream to ${target.host}:${target.port}: ${(e as Error).message}`);
+    }
+    try {
+      const h = await this.withHandshakeSlot(target, () => this.handshake(target, stream));
+      // The jump connection lives exactly as long as the target's.
+      h.client.once('close', () => endChain(jump));
+      return { ...h, via: jump };
+    } catch (e) {
+      endChain(jump);
+      throw e;
+    }
   }
 
   private async withHandshakeSlot<T>(target: SshTarget, fn: () => Promise<T>): Promise<T> {
@@ -134,7 +200,7 @@ export class Ssh2Connector implements SshConnector {
   }
 
   /** One attempt. Rejects with DirectorError for final failures, a plain Error for retryable ones. */
-  private handshake(target: SshTarget): Promise<Handshaken> {
+  private handshake(target: SshTarget, sock: Duplex): Promise<Handshaken> {
     return new Promise<Handshaken>((resolve, reject) => {
       const client = new Client();
       let offered: string | undefined;
@@ -159,10 +225,6 @@ export class Ssh2Connector implements SshConnector {
         resolve({ client, fingerprint: offered ?? '' });
       });
 
-      // Our own socket so Nagle can be switched off before the first byte: with it on, the
-      // many small handshake packets wait on delayed ACKs (~115 ms vs ~260 ms per handshake).
-      const sock = net.connect({ host: target.host, port: target.port });
-      sock.setNoDelay(true);
       try {
         client.connect({
           sock,
@@ -294,46 +356,126 @@ class Ssh2Connection implements SshConnection {
   readonly hostKeyFingerprint: string;
   private readonly channels: LimitFunction;
   private readonly where: string;
+  private current: Handshaken;
   private dead = false;
   private closedByUs = false;
   private lastError: Error | undefined;
   /** running execs, told when the transport goes away */
   private readonly lossListeners = new Set<() => void>();
+  /** one reconnect shared by every exec that finds the connection gone */
+  private reconnecting: Promise<void> | null = null;
 
   constructor(
-    private readonly client: Ssh2Client,
-    target: SshTarget,
-    fingerprint: string,
+    first: Handshaken,
+    private readonly target: SshTarget,
     maxChannels: number,
+    private readonly reconnectTo: (target: SshTarget) => Promise<Handshaken>,
   ) {
-    this.hostKeyFingerprint = fingerprint;
+    this.hostKeyFingerprint = first.fingerprint;
     this.where = describeTarget(target);
     this.channels = pLimit(maxChannels);
+    this.current = first;
+    this.attach(first.client);
+  }
+
+  private get client(): Ssh2Client {
+    return this.current.client;
+  }
+
+  private attach(client: Ssh2Client): void {
     client.on('error', (err: Error) => {
-      this.lastError = err;
+      if (client === this.client) this.lastError = err;
     });
     const onGone = () => {
-      if (this.dead) return;
-      this.dead = true;
-      for (const listener of [...this.lossListeners]) listener();
+      if (client === this.client) this.markGone();
     };
     client.on('end', onGone);
     client.on('close', onGone);
+  }
+
+  /** The current transport is gone: running execs are told, the next exec reconnects. */
+  private markGone(): void {
+    if (this.dead) return;
+    this.dead = true;
+    for (const listener of [...this.lossListeners]) listener();
+  }
+
+  /**
+   * A new transport to the same host, pinned to the key seen on first contact (or the recorded
+   * one): a host that changed its key in between is refused like any other mismatch.
+   */
+  private reconnect(): Promise<void> {
+    this.reconnecting ??= (async () => {
+      try {
+        const old = this.current;
+        const next = await this.reconnectTo({ ...this.target, hostKeyFingerprint: this.target.hostKeyFingerprint ?? this.hostKeyFingerprint });
+        if (this.closedByUs) {
+          endChain(next);
+          return;
+        }
+        endChain(old);
+        this.current = next;
+        this.lastError = undefined;
+        this.dead = false;
+        this.attach(next.client);
+      } finally {
+        this.reconnecting = null;
+      }
+    })();
+    return this.reconnecting;
   }
 
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     return new Promise<ExecResult>((resolve, reject) => {
       // The slot is held until the channel is closed (or never opened), not merely until the
       // promise settles: a timed-out channel still counts against the server's MaxSessions.
-      this.channels(() => this.runChannel(command, opts, resolve, reject)).catch(reject);
+      this.channels(async () => {
+        // A connection found gone before the command was sent is re-established once and the
+        // command sent over the new one: it cannot have run. One lost while the command ran is
+        // reported (ssh_connection_lost; it may have run) and re-established by the next exec.
+        let reconnected = false;
+        for (;;) {
+          if (this.closedByUs) {
+            reject(this.lostError(command));
+            return;
+          }
+          if (this.dead) {
+            if (reconnected) {
+              reject(this.lostError(command));
+              return;
+            }
+            reconnected = true;
+            try {
+              await this.reconnect();
+            } catch (e) {
+              reject(this.reconnectError(command, e));
+              return;
+            }
+            continue;
+          }
+          const sent = await this.runChannel(command, opts, resolve, reject);
+          if (sent) return;
+          // ssh2 said "Not connected" before anything went out: the loss event may still be on
+          // its way, so treat the transport as gone now.
+          this.markGone();
+        }
+      }).catch(reject);
     });
   }
 
   close(): void {
     if (this.closedByUs) return;
     this.closedByUs = true;
-    this.client.end();
-    setTimeout(() => this.client.destroy(), CLOSE_GRACE_MS).unref();
+    endChain(this.current);
+  }
+
+  private reconnectError(command: string, err: unknown): DirectorError {
+    const e = err instanceof DirectorError ? err : undefined;
+    const why = err instanceof Error ? err.message : String(err);
+    return new DirectorError(e?.code ?? 'ssh_connection_lost', 'infrastructure', `SSH connection to ${this.where} was lost before running ${JSON.stringify(command.slice(0, 80))} and reconnecting failed: ${why}`, {
+      hint: e?.hint ?? 'The VM may have rebooted, been deleted, or lost network. Check the VM, then retry.',
+      cause: err,
+    });
   }
 
   private lostError(command: string): DirectorError {
@@ -344,13 +486,15 @@ class Ssh2Connection implements SshConnection {
     });
   }
 
-  private runChannel(command: string, opts: ExecOptions, resolve: (r: ExecResult) => void, reject: (e: Error) => void): Promise<void> {
-    return new Promise<void>((releaseSlot) => {
-      if (this.dead || this.closedByUs) {
-        reject(this.lostError(command));
-        releaseSlot();
-        return;
-      }
+  /**
+   * Runs one command on the current transport. Resolves (releasing the channel slot) with false
+   * when nothing was sent because the transport was already gone (the caller reconnects and
+   * resends), true otherwise, the outcome having gone to resolve/reject.
+   */
+  private runChannel(command: string, opts: ExecOptions, resolve: (r: ExecResult) => void, reject: (e: Error) => void): Promise<boolean> {
+    return new Promise<boolean>((done) => {
+      const releaseSlot = () => done(true);
+      const client = this.client;
       const timeoutMs = opts.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS;
       const stdout = new Tail(OUTPUT_TAIL_BYTES);
       const stderr = new Tail(OUTPUT_TAIL_BYTES);
@@ -374,7 +518,7 @@ class Ssh2Connection implements SshConnection {
       };
       const closeChannel = () => {
         if (!channel) return; // closed as soon as it opens, see below
-        killRemote(this.client, channel);
+        killRemote(client, channel);
         channel.close();
         releaseSlot();
       };
@@ -409,7 +553,7 @@ class Ssh2Connection implements SshConnection {
       };
 
       try {
-        this.client.exec(command, (err, ch) => {
+        client.exec(command, (err, ch) => {
           if (err) {
             if (this.dead) onLost();
             else {
@@ -473,9 +617,13 @@ class Ssh2Connection implements SshConnection {
           }
         });
       } catch (e) {
-        // ssh2 throws synchronously when the socket is no longer writable.
-        if (this.dead || (e instanceof Error && e.message === 'Not connected')) onLost();
-        else {
+        // ssh2 throws synchronously when the socket is no longer writable: nothing was sent.
+        if (this.dead || (e instanceof Error && e.message === 'Not connected')) {
+          settled = true;
+          if (timer) clearTimeout(timer);
+          this.lossListeners.delete(onLost);
+          done(false);
+        } else {
           settle({ err: e as Error });
           releaseSlot();
         }

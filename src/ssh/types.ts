@@ -15,6 +15,12 @@ export interface SshTarget {
   hostKeyFingerprint?: string;
   /** label for errors and logs, e.g. `web/3 (127.1.0.5)` */
   label?: string;
+  /**
+   * A jump host (bastion): the connector first opens an SSH connection to `jump`, asks it to
+   * forward a TCP stream to `host:port` (a `direct-tcpip` channel, like `ssh -J`), and runs this
+   * target's SSH over that stream. Both host keys are pinned independently.
+   */
+  jump?: SshTarget;
 }
 
 export interface ExecOptions {
