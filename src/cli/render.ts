@@ -53,11 +53,14 @@ const indent = (text: string, n: number) => text.split('\n').map((l) => ' '.repe
 
 const clock = (iso: string) => iso.slice(11, 19);
 
-/** One line per event, for terminals and logs; `step` events only when verbose. */
-export function renderEvent(e: EventRow, verbose = false): string | null {
+/**
+ * One line per event, for terminals and logs; `step` events only when verbose. `paint` colours
+ * the state word on a colour terminal (see progress.ts); the text is the same either way.
+ */
+export function renderEvent(e: EventRow, verbose = false, paint: (state: string, text: string) => string = (_, t) => t): string | null {
   if (e.state === 'step' && !verbose) return null;
   const who = e.instance ? `${e.instance} ` : '';
-  const state = e.state === 'failed' ? 'FAILED' : e.state;
+  const state = paint(e.state, e.state === 'failed' ? 'FAILED' : e.state);
   return `${clock(e.ts)}  ${e.stage.padEnd(8)} ${who}${state}${e.message ? `: ${e.message}` : ''}`;
 }
 

@@ -271,6 +271,11 @@ export class LocalCloudClient {
   }
 
   /** Merges `tags` into the VM's tags; throws `local_cloud_vm_not_found` for unknown cids. */
+  /** Fault injection: take a VM's SSH endpoint down (the VM and its jobs keep running) or back up. */
+  async setSsh(cid: string, up: boolean): Promise<LocalVmRecord> {
+    return (await this.request('PUT', `/vms/${encodeURIComponent(cid)}/ssh`, { up })) as LocalVmRecord;
+  }
+
   setTags(cid: string, tags: Record<string, string>): Promise<LocalVmRecord> {
     return this.request('PUT', `/vms/${encodeURIComponent(cid)}/tags`, { tags }) as Promise<LocalVmRecord>;
   }

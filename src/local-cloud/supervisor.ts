@@ -562,6 +562,20 @@ export class LocalCloudSupervisor {
       await this.deleteVm(cid);
       return send(res, 200, { deleted: cid });
     }
+    if (parts.length === 3 && parts[2] === 'ssh' && method === 'PUT') {
+      // Fault injection: the VM keeps running, only its SSH endpoint goes away (or comes back).
+      const body = (await readJson(req)) as { up?: unknown };
+      if (typeof body.up !== 'boolean') throw new HttpError(400, 'bad_request', 'up must be true or false');
+      const vm = this.vms.get(cid);
+      if (!vm) throw new HttpError(404, 'vm_not_found', `no VM ${cid}`);
+      if (!body.up && vm.endpoint) {
+        await vm.endpoint.close();
+        vm.endpoint = null;
+      } else if (body.up && !vm.endpoint) {
+        await this.bootVm(vm);
+      }
+      return send(res, 200, this.getVm(cid));
+    }
     if (parts.length === 3 && parts[2] === 'tags' && method === 'PUT') {
       const body = (await readJson(req)) as { tags?: unknown };
       if (!isStringRecord(body.tags)) throw new HttpError(400, 'bad_request', 'tags must be an object of strings');

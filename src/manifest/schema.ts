@@ -263,6 +263,11 @@ const InstanceGroupYaml = z.object({
   update: opt(UpdateYaml),
 });
 
+const RepairYaml = z.object({
+  meltdown_min_instances: opt(intField(1)),
+  meltdown_min_percent: opt(intField(0, 100)),
+});
+
 const ManifestYaml = z.object({
   name: z.string().regex(DEPLOYMENT_NAME_RE, {
     error: 'must start with a letter or digit and contain only letters, digits, "_" and "-"',
@@ -270,7 +275,11 @@ const ManifestYaml = z.object({
   releases: z.array(ReleaseYaml),
   update: opt(UpdateYaml),
   instance_groups: z.array(InstanceGroupYaml),
+  repair: opt(RepairYaml),
 });
+
+/** BOSH's resurrector meltdown default: at least 5 instances and at least 20% of them down. */
+export const DEFAULT_REPAIR = { meltdownMinInstances: 5, meltdownMinPercent: 20 };
 
 export const DEFAULT_UPDATE: UpdatePolicy = {
   canaries: { kind: 'abs', value: 1 },
@@ -328,6 +337,7 @@ const MANIFEST_KEYS: KeySpec = {
       each: { known: Object.keys(ReleaseYaml.shape), unsupported: ['url', 'sha1', 'stemcell', 'exported_from'] },
     },
     update: { map: UPDATE_KEYS },
+    repair: { map: { known: Object.keys(RepairYaml.shape) } },
     instance_groups: {
       each: {
         known: Object.keys(InstanceGroupYaml.shape),
@@ -671,6 +681,10 @@ export function checkManifest(y: YamlFile, ctx: ManifestContext): CheckedManifes
           : { version: scalarSourceText(locate(y, ['releases', i, 'version']).node) ?? rel.version }),
       })),
       update,
+      repair: {
+        meltdownMinInstances: d.repair?.meltdown_min_instances ?? DEFAULT_REPAIR.meltdownMinInstances,
+        meltdownMinPercent: d.repair?.meltdown_min_percent ?? DEFAULT_REPAIR.meltdownMinPercent,
+      },
       instanceGroups: d.instance_groups.map(
         (ig): InstanceGroup => ({
           name: ig.name,

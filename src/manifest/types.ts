@@ -56,6 +56,8 @@ export interface Manifest {
   releases: ManifestRelease[];
   update: UpdatePolicy;
   instanceGroups: InstanceGroup[];
+  /** repair's meltdown guard: no automatic repair when this many instances are down at once */
+  repair: { meltdownMinInstances: number; meltdownMinPercent: number };
 }
 
 export interface AzConfig {

@@ -19,7 +19,10 @@ export type ReasonCode =
   | 'vm_type' // the VM type or its cloud properties changed
   | 'az' // the instance's AZ left the group's list, or its AZ moved to another cloud
   | 'scale_down' // the group shrank
-  | 'removed_group'; // the instance group left the manifest
+  | 'removed_group' // the instance group left the manifest
+  | 'unresponsive_vm' // repair: the VM exists but SSH does not answer
+  | 'job_down' // repair: a job is not running or fails its health check
+  | 'config_drift'; // repair: files on the VM differ from what the director applied (keys: paths)
 
 export interface Reason {
   code: ReasonCode;

@@ -299,6 +299,11 @@ export class RolloutExecutor {
           row = this.d.store.instance(id)!;
           touched.rowId = id;
         } else {
+          if (row.vmCid) {
+            // The cloud lost this VM (missing_vm): forget it, and make sure it is really gone.
+            await this.deleteFromCloud(row.cloud, row.vmCid, log).catch(() => undefined);
+            this.d.store.deleteVm(row.cloud, row.vmCid);
+          }
           this.d.store.updateInstance(row.id, { state: 'creating', az: p.az, cloud: p.cloud, vmCid: null });
         }
         stepEvent('create_vm');
@@ -345,7 +350,7 @@ export class RolloutExecutor {
     const igManifest = this.d.loaded.manifest.instanceGroups.find((g) => g.name === p.group)!;
     const spec = { deployment: this.d.desired.deployment, name: p.group, index: p.index, id: instanceId, az: p.az, address: vm.ips[0] ?? vm.sshHost };
     const gen = generationOf(renderInstance(igManifest.jobs, this.d.releases, spec));
-    await handle.apply(gen);
+    await handle.apply({ ...gen, force: p.reasons.some((r) => r.code === 'config_drift') });
     stepEvent('start');
     await handle.start();
     stepEvent('health');

@@ -117,9 +117,20 @@ export class Tasks {
     return r ? toTask(r) : null;
   }
 
-  list(opts: { deployment?: string; limit?: number } = {}): TaskRow[] {
-    const where = opts.deployment ? 'WHERE deployment = ?' : '';
-    const args: unknown[] = opts.deployment ? [opts.deployment] : [];
+  /** Newest first; `state` keeps only tasks in that state (or any of those states). */
+  list(opts: { deployment?: string; state?: TaskState | TaskState[]; limit?: number } = {}): TaskRow[] {
+    const conds: string[] = [];
+    const args: unknown[] = [];
+    if (opts.deployment) {
+      conds.push('deployment = ?');
+      args.push(opts.deployment);
+    }
+    const states = opts.state === undefined ? [] : Array.isArray(opts.state) ? opts.state : [opts.state];
+    if (states.length) {
+      conds.push(`state IN (${states.map(() => '?').join(', ')})`);
+      args.push(...states);
+    }
+    const where = conds.length ? `WHERE ${conds.join(' AND ')}` : '';
     return (this.db.prepare(`SELECT * FROM tasks ${where} ORDER BY id DESC LIMIT ?`).all(...args, opts.limit ?? 30) as Raw[]).map(toTask);
   }
 
