@@ -58,7 +58,8 @@ export async function prepare(ctx: DirectorContext, input: DeployInput): Promise
   const providers = ProviderSet.forCloudConfig(loaded.cloudConfig, ctx.home);
   const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
   const { observed } = await observe(ctx, providers, desired.deployment, usedClouds);
-  const plan = makePlan(desired, observed);
+  const past = ctx.tasks.recentInstanceDurations(desired.deployment).sort((a, b) => a - b);
+  const plan = makePlan(desired, observed, past.length >= 3 ? { instanceMs: past[Math.floor(past.length / 2)] } : {});
   return { loaded, releases, desired, plan, providers, healthChecks, redact, warnings: (loaded as { warnings?: string[] }).warnings ?? [] };
 }
 

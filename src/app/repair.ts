@@ -98,6 +98,30 @@ export async function repair(ctx: DirectorContext, name: string, opts: RepairOpt
   }
 }
 
+export type InstanceHealth = 'healthy' | 'failing' | 'drifted' | 'unresponsive' | 'missing';
+
+/**
+ * Live health per instance, read-only (no task, no lock): the same probes repair makes (SSH,
+ * job state, health checks, file checksums), against the manifest last deployed.
+ */
+export async function instanceHealth(ctx: DirectorContext, name: string, opts: { vars?: Record<string, string>; varsFiles?: string[] } = {}): Promise<Map<string, { health: InstanceHealth; detail: string }>> {
+  const dep = ctx.store.deployment(name);
+  if (!dep) throw userError('deployment_unknown', `no deployment named '${name}'`);
+  const p = await prepare(ctx, { manifestPath: dep.manifestFile, cloudConfigPath: dep.cloudConfigFile, vars: opts.vars, varsFiles: opts.varsFiles });
+  try {
+    const { problems, probes } = await detect(ctx, p, false, () => {});
+    const rank: Record<string, InstanceHealth> = { missing_vm: 'missing', unresponsive_vm: 'unresponsive', job_down: 'failing', config_drift: 'drifted' };
+    const out = new Map<string, { health: InstanceHealth; detail: string }>(probes.map((pr) => [pr.instance, { health: 'healthy', detail: '' }]));
+    for (const pr of problems) {
+      const health = pr.instance ? rank[pr.type] : undefined;
+      if (pr.instance && health && out.get(pr.instance)?.health === 'healthy') out.set(pr.instance, { health, detail: pr.detail });
+    }
+    return out;
+  } finally {
+    await p.providers.closeAll();
+  }
+}
+
 const summarize = (problems: Problem[]) => {
   const counts = new Map<string, number>();
   for (const p of problems) counts.set(p.type, (counts.get(p.type) ?? 0) + 1);
@@ -115,13 +139,16 @@ async function detect(ctx: DirectorContext, p: Prepared, deleteOrphans: boolean,
   const orphans: OrphanVm[] = [...listed.entries()].filter(([key]) => !recorded.has(key)).map(([, v]) => v);
   // Short SSH patience: an unresponsive VM is a finding, not something to wait minutes for.
   const connector = new RoutingConnector(p.providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 2, readyTimeoutMs: 5000 }), ctx.keys.privateKey));
-  const planned = new Map(p.plan.instances.map((i) => [i.instance, i]));
+  const planByInstance = new Map(p.plan.instances.map((i) => [i.instance, i]));
   const limit = pLimit(16);
   const probes = await Promise.all(
     ctx.store.instances(name).map((row) =>
       limit(async (): Promise<InstanceProbe> => {
         const instance = `${row.group}/${row.index}`;
-        const probe: InstanceProbe = { id: row.id, instance, group: row.group, index: row.index, az: row.az, cloud: row.cloud, cid: row.vmCid, vmListed: false, reachable: null, jobsDown: [], healthFailures: [], driftedFiles: null };
+        const planned = planByInstance.get(instance);
+        // Reasons that only say the VM is gone or unfinished do not mean the manifest moved on.
+        const manifestAhead = planned !== undefined && planned.reasons.some((r) => !['missing_vm', 'failed', 'unfinished'].includes(r.code));
+        const probe: InstanceProbe = { id: row.id, instance, group: row.group, index: row.index, az: row.az, cloud: row.cloud, cid: row.vmCid, vmListed: false, reachable: null, jobsDown: [], healthFailures: [], driftedFiles: null, manifestAhead };
         const vm = row.vmCid ? ctx.store.vm(row.cloud, row.vmCid) : null;
         if (!vm || !listed.has(`${row.cloud}/${vm.cid}`)) return probe;
         probe.vmListed = true;
@@ -144,7 +171,7 @@ async function detect(ctx: DirectorContext, p: Prepared, deleteOrphans: boolean,
             probe.healthFailures = results.filter((r) => !r.ok).map((r) => r.detail);
           }
           // Files can only be compared when the manifest still renders what was deployed.
-          if (ig && handle.fileChecksums && planned.get(instance)?.action === 'none') {
+          if (ig && handle.fileChecksums && planned?.action === 'none') {
             const expected = generationOf(renderInstance(ig.jobs, p.releases, { deployment: name, name: row.group, index: row.index, id: row.id, az: row.az, address: vm.ips[0] ?? vm.sshHost })).checksums;
             const actual = await handle.fileChecksums();
             const paths = new Set([...Object.keys(expected), ...Object.keys(actual)]);

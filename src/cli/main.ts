@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline/promises';
 import { openContext, directorHome, type DirectorContext } from '../app/context.js';
 import { deleteDeployment } from '../app/delete.js';
 import { deploy, prepare, prepareInTask, type DeployInput } from '../app/deploy.js';
+import { instanceHealth } from '../app/repair.js';
 import { listVms } from '../app/vms.js';
 import { formatLocation, isDirectorError, userError } from '../errors.js';
 import { LocalCloudClient } from '../local-cloud/client.js';
@@ -402,12 +403,22 @@ NO_COLOR=1 turns colour off; FORCE_COLOR=1 turns it on without a terminal.`)
   examples(
     program
       .command('instances <deployment>')
-      .description("list a deployment's instances as the director recorded them: state, AZ, cloud, VM, version (no SSH; `vms` checks live)")
+      .description("a deployment's instances: recorded state, live health (SSH, job state, health checks, drifted files), AZ, cloud, VM, version")
+      .option('--no-health', 'only what the director recorded: no SSH, no health checks')
+      .option('-v, --var <name=value>', 'a ((var)) of the deployed manifest, for its health checks; repeatable', collect)
+      .option('-l, --vars-file <file>', 'YAML file of ((var)) values; repeatable', collect)
       .option('--json', 'print a JSON array'),
-    ['director instances hello', 'director instances hello --json'],
+    ['director instances hello', 'director instances hello --no-health --json'],
   ).action(async (deployment: string, o) => {
     await withContext(async (ctx) => {
       const list = instancesView(ctx.store, deployment);
+      if (o.health !== false) {
+        const health = await instanceHealth(ctx, deployment, { vars: parseVars(o.var), varsFiles: o.varsFile ?? [] });
+        for (const i of list) {
+          const h = health.get(i.instance);
+          if (h) Object.assign(i, { health: h.health, healthDetail: h.detail || undefined });
+        }
+      }
       io.out(o.json ? JSON.stringify(list, null, 2) : renderInstances(list));
     });
   });

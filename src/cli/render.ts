@@ -23,7 +23,7 @@ export function renderPlan(plan: Plan): string {
   if (plan.noop) return `Deployment '${plan.deployment}': no changes (${s.none} instance(s) up to date).`;
   const counts = (['create', 'update', 'recreate', 'restart', 'delete'] as const).filter((k) => s[k] > 0).map((k) => `${s[k]} to ${k}`);
   if (plan.strayVms.length) counts.push(`${plan.strayVms.length} stray VM(s) to delete`);
-  lines.push(`Deployment '${plan.deployment}': ${counts.join(', ')}${s.none ? `, ${s.none} unchanged` : ''} (ETA ~${formatDuration(plan.etaMs)})`);
+  lines.push(`Deployment '${plan.deployment}': ${counts.join(', ')}${s.none ? `, ${s.none} unchanged` : ''} (ETA ~${formatDuration(plan.etaMs)}${plan.etaBasis === 'history' ? ', from past updates' : ''})`);
   if (plan.strayVms.length) {
     lines.push('', '  delete stray VMs first (left by an interrupted run):');
     lines.push(indent(table(plan.strayVms.map((v) => [v.cid, v.cloud, v.instance ? `was made for ${v.instance}` : 'no instance'])), 4));

@@ -189,6 +189,9 @@ export interface InstanceSummary {
   version: string | null;
   error: string | null;
   updatedAt: string;
+  /** live, unless --no-health: healthy | failing | drifted | unresponsive | missing */
+  health?: string;
+  healthDetail?: string;
 }
 
 export function instancesView(store: Store, deployment: string): InstanceSummary[] {
@@ -216,12 +219,13 @@ export function instancesView(store: Store, deployment: string): InstanceSummary
 
 export function renderInstances(list: InstanceSummary[]): string {
   if (list.length === 0) return 'No instances.';
-  const withError = list.some((i) => i.error);
+  const withError = list.some((i) => i.error || i.healthDetail);
+  const withHealth = list.some((i) => i.health);
   return table([
-    ['INSTANCE', 'STATE', 'AZ', 'CLOUD', 'VM CID', 'VERSION', 'UPDATED', ...(withError ? ['ERROR'] : [])],
+    ['INSTANCE', 'STATE', ...(withHealth ? ['HEALTH'] : []), 'AZ', 'CLOUD', 'VM CID', 'VERSION', 'UPDATED', ...(withError ? ['DETAIL'] : [])],
     ...list.map((i) => [
-      i.instance, i.state, i.az, i.cloud, i.cid ?? '-', i.version ?? '-', i.updatedAt.replace('T', ' ').slice(0, 19),
-      ...(withError ? [i.error ?? ''] : []),
+      i.instance, i.state, ...(withHealth ? [i.health ?? '-'] : []), i.az, i.cloud, i.cid ?? '-', i.version ?? '-', i.updatedAt.replace('T', ' ').slice(0, 19),
+      ...(withError ? [i.healthDetail || i.error || ''] : []),
     ]),
   ]);
 }

@@ -20,7 +20,12 @@ import type {
 /** Per-instance allowance on top of watch times for the ETA (SSH, upload, start). */
 const INSTANCE_OVERHEAD_MS = 1500;
 
-export function plan(desired: Desired, observed: Observed): Plan {
+/** What past tasks say, for the ETA: the median wall time of one instance update. */
+export interface PlanHistory {
+  instanceMs?: number;
+}
+
+export function plan(desired: Desired, observed: Observed, history: PlanHistory = {}): Plan {
   const instances: InstancePlan[] = [];
   const groups: GroupPlan[] = [];
   const byGroup = new Map<string, ObservedInstance[]>();
@@ -66,7 +71,8 @@ export function plan(desired: Desired, observed: Observed): Plan {
     groups,
     summary,
     observedFingerprint: observedFingerprint(observed),
-    etaMs: noop ? 0 : estimate(groups, summary.delete),
+    etaMs: noop ? 0 : estimate(groups, summary.delete, history.instanceMs),
+    etaBasis: history.instanceMs === undefined ? 'watch_times' : 'history',
   };
 }
 
@@ -230,12 +236,17 @@ export function resolveCount(count: { kind: 'abs' | 'pct'; value: number }, size
   return Math.max(min, n);
 }
 
-function estimate(groups: GroupPlan[], deletes: number): number {
-  let ms = deletes > 0 ? INSTANCE_OVERHEAD_MS : 0;
+/**
+ * A wave takes as long as its slowest instance: from history, the median past instance time
+ * (never less than the watch window's minimum, which every instance waits out); without it,
+ * the minimum plus an allowance for SSH, upload and start.
+ */
+function estimate(groups: GroupPlan[], deletes: number, instanceMs: number | undefined): number {
+  let ms = deletes > 0 ? (instanceMs ?? INSTANCE_OVERHEAD_MS) : 0;
   for (const g of groups) {
     g.waves.forEach((_, w) => {
       const watch = w === 0 && g.canaries > 0 ? g.canaryWatch : g.updateWatch;
-      ms += watch.minMs + INSTANCE_OVERHEAD_MS;
+      ms += instanceMs === undefined ? watch.minMs + INSTANCE_OVERHEAD_MS : Math.max(instanceMs, watch.minMs);
     });
   }
   return ms;

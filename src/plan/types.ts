@@ -155,6 +155,8 @@ export interface Plan {
   summary: Record<Action, number>;
   /** digest of the observed state the plan was made from; a plan made from stale state is refused */
   observedFingerprint: string;
-  /** rough: watch times and a per-instance allowance; later versions learn from past tasks */
+  /** per wave: the median time one instance took in this deployment's past tasks, else watch times plus an allowance */
   etaMs: number;
+  /** what etaMs is based on */
+  etaBasis: 'history' | 'watch_times';
 }

@@ -36,6 +36,11 @@ export interface InstanceProbe {
   healthFailures: string[];
   /** files whose checksum differs from what the director applied; null when not checked */
   driftedFiles: string[] | null;
+  /**
+   * The manifest and releases on disk no longer render what this instance runs (edited, or a
+   * failed deploy left them ahead): repair must not rebuild the instance from them.
+   */
+  manifestAhead?: boolean;
 }
 
 export interface OrphanVm {
@@ -54,10 +59,14 @@ export function classify(probes: InstanceProbe[], desired: Desired, orphans: Orp
       problems.push({ ...base, type: 'extra_vm', detail: `${p.instance} is not in the manifest (${count === undefined ? 'no such instance group' : `${p.group} has ${count} instances`})`, fix: 'none' });
       continue;
     }
+    // Rebuilding a VM renders the manifest on disk; when that is not what was deployed, doing so
+    // would deploy changes nobody reviewed: leave it to `director deploy`.
+    const recreate = p.manifestAhead ? 'none' : 'recreate';
+    const ahead = p.manifestAhead ? ' (not rebuilt: the manifest on disk differs from what was deployed; run director deploy)' : '';
     if (!p.cid || !p.vmListed) {
-      problems.push({ ...base, type: 'missing_vm', detail: p.cid ? `VM ${p.cid} no longer exists in ${p.cloud}` : 'no VM is recorded', fix: 'recreate' });
+      problems.push({ ...base, type: 'missing_vm', detail: (p.cid ? `VM ${p.cid} no longer exists in ${p.cloud}` : 'no VM is recorded') + ahead, fix: recreate });
     } else if (p.reachable === false) {
-      problems.push({ ...base, type: 'unresponsive_vm', detail: p.unreachableDetail ?? 'SSH does not answer', fix: 'recreate' });
+      problems.push({ ...base, type: 'unresponsive_vm', detail: (p.unreachableDetail ?? 'SSH does not answer') + ahead, fix: recreate });
     } else {
       if (p.jobsDown.length || p.healthFailures.length) {
         const what = [...p.jobsDown.map((j) => `job ${j} is not running`), ...p.healthFailures];
@@ -128,5 +137,5 @@ export function repairPlan(problems: Problem[], probes: InstanceProbe[], desired
     .filter((g) => g.order.length > 0);
   const summary = { none: 0, create: 0, update: 0, restart: 0, recreate: 0, delete: 0 };
   for (const i of instances) summary[i.action]++;
-  return { version: 1, deployment: desired.deployment, noop: instances.length === 0, instances, strayVms: [], groups, summary, observedFingerprint: fingerprint, etaMs: 0 };
+  return { version: 1, deployment: desired.deployment, noop: instances.length === 0, instances, strayVms: [], groups, summary, observedFingerprint: fingerprint, etaMs: 0, etaBasis: 'watch_times' };
 }

@@ -319,9 +319,14 @@ export class RolloutExecutor {
       stepEvent('connect');
       handle = await this.open(vm, p.instance, log);
       const generation = await this.bringUp(handle, p, group, vm, instanceRow.id, watch, log, stepEvent);
-      const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs, generation };
-      const previous = instanceRow.applied ?? instanceRow.previous;
-      this.d.store.updateInstance(instanceRow.id, { state: 'running', applied, previous, error: null });
+      if (p.action === 'restart') {
+        // The VM still runs what was applied before: only its state changes.
+        this.d.store.updateInstance(instanceRow.id, { state: 'running', error: null });
+      } else {
+        const applied: AppliedSpec = { az: p.az, cloud: p.cloud, vmType: group.vmType, vmTypeDigest: group.vmTypeDigest, jobs: group.jobs, generation };
+        const previous = instanceRow.applied ?? instanceRow.previous;
+        this.d.store.updateInstance(instanceRow.id, { state: 'running', applied, previous, error: null });
+      }
       this.emit('update', p.instance, 'finished', `${p.action} done in ${this.d.clock.now() - started} ms`, { durationMs: this.d.clock.now() - started });
       return null;
     } catch (err) {
@@ -338,6 +343,16 @@ export class RolloutExecutor {
 
   /** install → (drain → stop, in place) → apply → start → health; returns the generation applied. */
   private async bringUp(handle: InstanceHandle, p: InstancePlan, group: DesiredGroup, vm: VmRow, instanceId: string, watch: WatchTime, log: InstanceLog, stepEvent: (s: InstanceStep) => void): Promise<string> {
+    if (p.action === 'restart') {
+      // A restart starts what the VM already runs: nothing is rendered or uploaded.
+      const current = this.d.store.instance(instanceId)?.applied?.generation;
+      stepEvent('start');
+      await handle.start();
+      stepEvent('health');
+      await this.watch(handle, p.group, vm.ips[0] ?? vm.sshHost, watch, log);
+      if (!current) throw new StepError('start', 'infrastructure', 'generation_unknown', `no applied generation is recorded for ${p.instance}`);
+      return current;
+    }
     stepEvent('install');
     await handle.prepare({ bootHook: this.d.providers.def(p.cloud).type === 'local' });
     if (p.action === 'update') {

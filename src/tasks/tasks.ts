@@ -185,6 +185,18 @@ export class Tasks {
     return (rows as Raw[]).map((r) => ({ id: r.id as number, taskId: r.task_id as number, instance: r.instance as string, ts: r.ts as string, stream: r.stream as string, line: r.line as string }));
   }
 
+  /** Wall times (ms) of the last `limit` instance updates that finished in a deployment's tasks. */
+  recentInstanceDurations(deployment: string, limit = 100): number[] {
+    const rows = this.db
+      .prepare(
+        `SELECT e.data FROM events e JOIN tasks t ON t.id = e.task_id
+         WHERE t.deployment = ? AND e.stage = 'update' AND e.state = 'finished' AND e.data IS NOT NULL
+         ORDER BY e.id DESC LIMIT ?`,
+      )
+      .all(deployment, limit) as Raw[];
+    return rows.map((r) => Number((JSON.parse(r.data as string) as { durationMs?: unknown }).durationMs)).filter((n) => Number.isFinite(n) && n >= 0);
+  }
+
   logInstances(taskId: number): string[] {
     return (this.db.prepare('SELECT DISTINCT instance FROM task_logs WHERE task_id = ? ORDER BY instance').all(taskId) as Raw[]).map((r) => r.instance as string);
   }

@@ -123,7 +123,7 @@ describe('observing tasks from the CLI', () => {
     expect(bad.stderr).toContain('hint: write e.g. --since 2h');
   });
 
-  it('deployments and instances print their recorded state as JSON', async () => {
+  it('deployments and instances print their recorded state and live health as JSON', async () => {
     const deps = JSON.parse((await ws.cli(['deployments', '--json'])).stdout) as unknown[];
     expect(deps).toEqual([
       {
@@ -138,10 +138,19 @@ describe('observing tasks from the CLI', () => {
       expect(i).toEqual({
         instance: expect.stringMatching(/^web\/\d$/), id: expect.any(String), state: 'running', az: expect.stringMatching(/^z[12]$/), cloud: 'local',
         cid: expect.stringMatching(/^local-/), ips: [expect.stringMatching(/^127\./)], version: expect.stringMatching(/^hello\/[0-9a-f]{12}$/), error: null, updatedAt: expect.any(String),
+        health: 'healthy',
       });
     }
     const text = await ws.cli(['instances', 'hello']);
-    expect(text.stdout.split('\n')[0]).toMatch(/^INSTANCE +STATE +AZ +CLOUD +VM CID +VERSION +UPDATED$/);
+    expect(text.stdout.split('\n')[0]).toMatch(/^INSTANCE +STATE +HEALTH +AZ +CLOUD +VM CID +VERSION +UPDATED$/);
+    const recorded = JSON.parse((await ws.cli(['instances', 'hello', '--no-health', '--json'])).stdout) as Record<string, unknown>[];
+    expect(recorded[0]!.health).toBeUndefined();
+    // Health is live: a job killed behind the director's back shows, with why; repair brings it back.
+    expect((await ws.cli(['local-cloud', 'kill-job', 'web/1', 'web'])).code).toBe(0);
+    const live = JSON.parse((await ws.cli(['instances', 'hello', '--json'])).stdout) as { instance: string; health: string; healthDetail?: string }[];
+    expect(live.map((i) => i.health)).toEqual(['healthy', 'failing', 'healthy']);
+    expect(live[1]!.healthDetail).toContain('job web is not running');
+    expect((await ws.cli(['repair', 'hello', '--yes'])).code).toBe(0);
     const unknown = await ws.cli(['instances', 'nope']);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain('hint: deployments: hello');

@@ -189,3 +189,18 @@ describe('plan', () => {
     );
   });
 });
+
+describe('plan ETA', () => {
+  it('uses watch times without history, and the median past instance time with it', () => {
+    const g = group({ instances: 5, update: { ...group().update, canaries: { kind: 'abs', value: 1 }, maxInFlight: { kind: 'abs', value: 2 } } });
+    // waves: [canary], [2], [2] → 3 waves
+    const fresh = plan(desired(g), empty);
+    expect(fresh.etaBasis).toBe('watch_times');
+    expect(fresh.etaMs).toBe(1000 + 1500 + 2 * (500 + 1500));
+    const learned = plan(desired(g), empty, { instanceMs: 4000 });
+    expect(learned.etaBasis).toBe('history');
+    expect(learned.etaMs).toBe(3 * 4000);
+    // Never below what every instance must wait out.
+    expect(plan(desired(g), empty, { instanceMs: 10 }).etaMs).toBe(1000 + 500 + 500);
+  });
+});

@@ -57,4 +57,11 @@ describe('repair decisions', () => {
     expect(plan.instances[2]!.reasons[0]!.keys).toEqual(['jobs/web/bin/start']);
     expect(plan.groups[0]).toMatchObject({ canaries: 0, maxInFlight: 2, waves: [['web/0', 'web/1'], ['web/2', 'web/3']] });
   });
+
+  it('never rebuilds a VM from a manifest that moved on since the last deploy; still restarts jobs', () => {
+    const probes = [{ ...healthy(0), vmListed: false, manifestAhead: true }, { ...healthy(1), reachable: false, manifestAhead: true }, { ...healthy(2), jobsDown: ['web'], manifestAhead: true }];
+    const problems = classify(probes, desired(3), [], false);
+    expect(problems.map((p) => [p.type, p.fix])).toEqual([['missing_vm', 'none'], ['unresponsive_vm', 'none'], ['job_down', 'restart']]);
+    expect(problems[0]!.detail).toContain('run director deploy');
+  });
 });
