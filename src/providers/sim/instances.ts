@@ -75,7 +75,13 @@ export class SimInstanceHandle implements InstanceHandle {
     return vm;
   }
 
+  /**
+   * Every operation takes at least one turn of the event loop when the cloud persists, as real
+   * I/O would: the write a previous operation queued (SimCloud.changed) lands first, so the
+   * director never records a step whose effect a kill -9 could still lose.
+   */
   private async wait(ms: number): Promise<void> {
+    if (this.sim.file !== null) await new Promise((resolve) => setImmediate(resolve));
     if (ms > 0) await this.clock.sleep(ms);
   }
 
@@ -129,6 +135,7 @@ export class SimInstanceHandle implements InstanceHandle {
   }
 
   async status(): Promise<JobStatus[]> {
+    await this.wait(0);
     return [{ job: 'sim', state: this.vm('health').job, pid: null }];
   }
 
@@ -137,6 +144,7 @@ export class SimInstanceHandle implements InstanceHandle {
   }
 
   async check(def: HealthCheckDef): Promise<CheckResult> {
+    await this.wait(0);
     const vm = this.vm('health');
     const name = instanceName(vm.tags);
     const result = (ok: boolean, why: string): CheckResult => ({ ok, detail: `${def.name}: ${name || vm.cid} ${why}` });
