@@ -1,6 +1,6 @@
 /**
  * Benchmarks of the `static` provider against real OpenSSH daemons: every "machine" is its own
- * /usr/sbin/sshd on its own loopback address (127.68.x.y:2222, OpenSSH defaults otherwise,
+ * /usr/sbin/sshd on its own loopback address (127.253.x.y:2222, OpenSSH defaults otherwise,
  * MaxStartups 10:30:100 included), all logging in as the current user, each with its own base_dir.
  *
  *   static-50    50 hosts, canary 1, max_in_flight 10, a release change: wall time, the lower
@@ -50,7 +50,7 @@ export interface FleetHost {
 
 export interface FleetOptions {
   count: number;
-  /** the first two octets of the fleet's own /16, e.g. `127.66` */
+  /** the first two octets of the fleet's own /16, e.g. `127.251` */
   prefix: string;
   /** same port on every address (default 2222) */
   port?: number;
@@ -290,7 +290,7 @@ async function run(ctx: DirectorContext, file: string, onEvent?: (e: EventRow) =
 async function static50(): Promise<ScenarioResult> {
   const N = 50;
   const mif = 10;
-  return withFleet('static50', N, '127.68', async ({ manifest: file, ctx }) => {
+  return withFleet('static50', N, '127.253', async ({ manifest: file, ctx }) => {
     writeFileSync(file, manifest({ instances: N, greeting: 'A', canaries: 0, maxInFlight: 50 }));
     const setup = await run(ctx, file);
     if (!setup.outcome.result?.ok) throw new Error(`setup of ${N} static hosts failed: ${JSON.stringify(setup.outcome.result?.failed[0])}`);
@@ -326,7 +326,7 @@ async function static50(): Promise<ScenarioResult> {
 async function static300(): Promise<ScenarioResult> {
   const N = 300;
   const mif = 50;
-  return withFleet('static300', N, '127.69', async ({ manifest: file, ctx }) => {
+  return withFleet('static300', N, '127.254', async ({ manifest: file, ctx }) => {
     writeFileSync(file, manifest({ instances: N, greeting: 'A', canaries: 1, maxInFlight: mif }));
     const t0 = performance.now();
     const first = await run(ctx, file);

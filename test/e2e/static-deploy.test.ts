@@ -1,6 +1,6 @@
 /**
  * On-premises machines end to end: 50 real OpenSSH daemons on their own loopback addresses
- * (127.66.x.y:2222, OpenSSH defaults incl. MaxStartups) form a `static` cloud, and the real CLI
+ * (127.251.x.y:2222, OpenSSH defaults incl. MaxStartups) form a `static` cloud, and the real CLI
  * deploys the hello release onto all of them at once (max_in_flight 50), survives a connection
  * dropped in the middle of an update, refuses a host whose key changed, and goes through a
  * bastion. Every host logs in as the current user, so each gets its own base_dir.
@@ -55,7 +55,7 @@ describe.skipIf(reason !== undefined)('static cloud: 50 real sshd hosts, deploye
   beforeAll(async () => {
     // The cloud's own key (private_key:), not the director's: the hosts accept only this one.
     const key = ensureDirectorKey(join(ws.dir, 'onprem-key'));
-    hosts = await startSshdFleet({ count: N, prefix: '127.66', authorizedKeys: [key.publicKey], root: join(ws.dir, 'hosts'), concurrency: 24 });
+    hosts = await startSshdFleet({ count: N, prefix: '127.251', authorizedKeys: [key.publicKey], root: join(ws.dir, 'hosts'), concurrency: 24 });
     // Half the hosts are pinned in the cloud-config, half are pinned on first contact.
     const yaml = hosts.map((h, i) => staticHostsYaml([h], { pin: i % 2 === 0, indent: '  ' })).join('');
     writeFileSync(
@@ -145,9 +145,9 @@ describe.skipIf(reason !== undefined)('static cloud behind a bastion', () => {
   beforeAll(async () => {
     const key = ensureDirectorKey(ws.home); // the director's own key: the default private_key
     const keys = join(ws.dir, 'bastion-hosts');
-    targets = await startSshdFleet({ count: 10, prefix: '127.65', authorizedKeys: [key.publicKey], root: keys });
+    targets = await startSshdFleet({ count: 10, prefix: '127.254', authorizedKeys: [key.publicKey], root: keys });
     // LogLevel DEBUG1 makes the jump host log every stream it forwards (direct-tcpip)
-    jump = await startFleetHost({ index: 99, address: fleetAddress('127.65', 49_000), port: 2222, dir: join(ws.dir, 'jump'), authorizedKeysFile: join(keys, 'authorized_keys'), extraConfig: ['LogLevel DEBUG1'] });
+    jump = await startFleetHost({ index: 99, address: fleetAddress('127.254', 49_000), port: 2222, dir: join(ws.dir, 'jump'), authorizedKeysFile: join(keys, 'authorized_keys'), extraConfig: ['LogLevel DEBUG1'] });
     writeFileSync(
       join(ws.dir, 'deployments', 'cloud-config.yml'),
       `azs:\n- { name: z1, cloud: dc2 }\nclouds:\n- name: dc2\n  type: static\n  bastion: { address: ${jump.address}, port: 2222, host_key: "${jump.fingerprint}" }\n  hosts:\n${staticHostsYaml(targets)}vm_types:\n- name: small\n`,

@@ -1,5 +1,5 @@
 /**
- * The static provider's contract against real OpenSSH hosts (127.67.x.y:2222): assign, list by
+ * The static provider's contract against real OpenSSH hosts (127.252.x.y:2222): assign, list by
  * tags, metadata, exists, delete (cleanup + back to the pool), pool exhaustion, config errors;
  * plus the SSH layer's reconnect and jump-host paths the provider relies on.
  */
@@ -39,7 +39,7 @@ describe.skipIf(reason !== undefined)('static provider on real sshd', () => {
   beforeAll(async () => {
     mkdirSync(home, { recursive: true });
     key = ensureDirectorKey(home);
-    hosts = await startSshdFleet({ count: 3, prefix: '127.67', authorizedKeys: [key.publicKey], root: join(dir, 'hosts') });
+    hosts = await startSshdFleet({ count: 3, prefix: '127.252', authorizedKeys: [key.publicKey], root: join(dir, 'hosts') });
   });
   afterAll(async () => {
     await stopFleet([...hosts, ...extra]);
@@ -72,7 +72,7 @@ describe.skipIf(reason !== undefined)('static provider on real sshd', () => {
     expect(readFileSync(join(hosts[0]!.baseDir, '.director-assignment'), 'utf8')).toContain('"role":"primary"');
 
     expect(await p.exists(a.cid)).toBe(true);
-    expect(await p.exists('static-127.67.99.99:2222')).toBe(false);
+    expect(await p.exists('static-127.252.99.99:2222')).toBe(false);
 
     // a third fits, a fourth does not
     const c = await p.create(req(2));
@@ -165,11 +165,11 @@ describe.skipIf(reason !== undefined)('static provider on real sshd', () => {
   });
 
   it('bastion: the target is reached through the jump host, and only through it', async () => {
-    // jump on 127.67.200.1 logs its direct-tcpip requests (LogLevel DEBUG1);
-    // the target on 127.67.200.2 has its own key
+    // jump on 127.252.200.1 logs its direct-tcpip requests (LogLevel DEBUG1);
+    // the target on 127.252.200.2 has its own key
     extra = await Promise.all([
-      startFleetHost({ index: 100, address: fleetAddress('127.67', 49_750), port: 2222, dir: join(dir, 'jump'), authorizedKeysFile: join(dir, 'hosts', 'authorized_keys'), extraConfig: ['LogLevel DEBUG1'] }),
-      startFleetHost({ index: 101, address: fleetAddress('127.67', 49_751), port: 2222, dir: join(dir, 'target'), authorizedKeysFile: join(dir, 'hosts', 'authorized_keys') }),
+      startFleetHost({ index: 100, address: fleetAddress('127.252', 49_750), port: 2222, dir: join(dir, 'jump'), authorizedKeysFile: join(dir, 'hosts', 'authorized_keys'), extraConfig: ['LogLevel DEBUG1'] }),
+      startFleetHost({ index: 101, address: fleetAddress('127.252', 49_751), port: 2222, dir: join(dir, 'target'), authorizedKeysFile: join(dir, 'hosts', 'authorized_keys') }),
     ]);
     const [jump, target] = extra as [FleetHost, FleetHost];
     const p = new StaticProvider({
