@@ -1,6 +1,8 @@
 /** Builds one provider per cloud of the cloud-config that a deployment uses. */
 import { userError } from '../errors.js';
 import type { CloudConfig, CloudDef } from '../manifest/types.js';
+import { AwsProvider } from './aws/index.js';
+import { GcpProvider } from './gcp/index.js';
 import { LocalProvider } from './local/index.js';
 import type { Provider } from './provider.js';
 import { SimProvider } from './sim/index.js';
@@ -28,6 +30,12 @@ export class ProviderSet {
       const def = this.def(cloud);
       // Every adapter sits behind its cloud's API rate limit, with throttling retried, not failed.
       switch (def.type) {
+        case 'aws':
+          // EC2 meters API calls per account and region with token buckets (non-mutating calls
+          // refill ~20/s from a bucket of 100; mutating ones refill slower from a smaller bucket):
+          // 20/s with a burst of 100 stays near that, and RequestLimitExceeded is retried anyway.
+          p = new RateLimitedProvider(new AwsProvider({ cloud: def.name, properties: def.properties }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 20, burst: 100 }));
+          break;
         case 'local':
           p = new RateLimitedProvider(new LocalProvider({ cloud: def.name, home: this.home }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 1000, burst: 1000 }));
           break;
@@ -38,9 +46,15 @@ export class ProviderSet {
           // Assignments are local file operations plus one SSH call per host: a generous limit.
           p = new RateLimitedProvider(new StaticProvider({ cloud: def.name, home: this.home, properties: def.properties }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 1000, burst: 1000 }));
           break;
+        case 'gcp':
+          // Compute's default per-project API quotas are per minute (of the order of 1,500 read and
+          // 1,500 mutation requests per minute per region, i.e. ~25/s; check IAM & Admin → Quotas):
+          // 20 calls/s with a burst of 20 stays under them with room for other clients of the project.
+          p = new RateLimitedProvider(new GcpProvider({ cloud: def.name, properties: def.properties }), rateLimitFromProperties(def.name, def.properties, { ratePerSec: 20, burst: 20 }));
+          break;
         default:
           throw userError('cloud_type_unsupported', `cloud '${def.name}' has type '${def.type}', which this version of director cannot drive yet`, {
-            hint: 'supported types: local, sim, static',
+            hint: 'supported types: local, sim, static, aws, gcp',
           });
       }
       this.providers.set(cloud, p);
