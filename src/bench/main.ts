@@ -17,20 +17,14 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openContext, type DirectorContext } from '../app/context.js';
 import { deleteDeployment } from '../app/delete.js';
-import { deploy, prepare } from '../app/deploy.js';
+import { prepare } from '../app/deploy.js';
 import { LocalCloudClient } from '../local-cloud/client.js';
 import { SimCloud } from '../providers/sim/index.js';
-import type { EventRow } from '../tasks/tasks.js';
+import { print, round, run, timedRollout, type ScenarioResult } from './common.js';
 import { staticScenarios } from './static.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-interface ScenarioResult {
-  scenario: string;
-  ratio: number;
-  peak_rss_mb: number;
-  [key: string]: unknown;
-}
 
 /** Samples RSS while a scenario runs: the peak of this scenario, not of the whole process. */
 async function measured<T>(fn: () => Promise<T>): Promise<{ value: T; wallMs: number; peakRssMb: number; cpuMs: number }> {
@@ -83,11 +77,6 @@ instance_groups:
 `;
 }
 
-async function run(ctx: DirectorContext, file: string, onEvent?: (e: EventRow) => void) {
-  const prepared = await prepare(ctx, { manifestPath: file });
-  const outcome = await deploy(ctx, prepared, { onEvent });
-  return { prepared, outcome };
-}
 
 const SIM_STEP_MS = 250;
 const SIM_CLOUD = `azs:
@@ -206,30 +195,18 @@ vm_types:
     if (!setup.outcome.result?.ok) throw new Error(`setup of ${N} local VMs failed: ${JSON.stringify(setup.outcome.result?.failed[0])}`);
 
     writeFileSync(ws.manifest, manifest({ instances: N, azs: ['z1', 'z2'], greeting: 'B', canaries: 1, maxInFlight: mif, watch: '0-30000' }));
-    const durations = new Map<string, number>();
-    const m = await measured(() =>
-      run(ctx, ws.manifest, (e) => {
-        if (e.stage === 'update' && e.state === 'finished' && e.instance) durations.set(e.instance, Number(e.data?.durationMs));
-      }),
-    );
-    const r = m.value.outcome.result!;
-    if (!r.ok) throw new Error(`local-100 failed: ${JSON.stringify(r.failed[0])}`);
-    const canary = m.value.outcome.plan.groups[0]!.waves[0]![0]!;
-    const tCanary = durations.get(canary)!;
-    const others = [...durations.entries()].filter(([k]) => k !== canary).map(([, v]) => v).sort((a, b) => a - b);
-    const tMedian = others[Math.floor(others.length / 2)]!;
-    // Per-instance time measured in this run, under the window's own load.
-    const lowerBound = tCanary + Math.ceil((N - 1) / mif) * tMedian;
+    const m = await measured(() => timedRollout(ctx, ws.manifest, N, mif, 'local-100'));
+    const t = m.value;
     return {
       scenario: 'local-100',
       instances: N,
       max_in_flight: mif,
-      canary_ms: tCanary,
-      instance_median_ms: tMedian,
-      wall_ms: Math.round(m.wallMs),
-      lower_bound_ms: lowerBound,
-      ratio: round(m.wallMs / lowerBound),
-      unloaded_lower_bound_ms: tCanary * (1 + Math.ceil((N - 1) / mif)),
+      canary_ms: t.canaryMs,
+      instance_median_ms: t.medianMs,
+      wall_ms: Math.round(t.wallMs),
+      lower_bound_ms: t.lowerBoundMs,
+      ratio: t.ratio,
+      unloaded_lower_bound_ms: t.canaryMs * (1 + Math.ceil((N - 1) / mif)),
       peak_rss_mb: m.peakRssMb,
       cpu_ms_per_instance: round(m.cpuMs / N),
     };
@@ -241,16 +218,6 @@ vm_types:
   }
 }
 
-const round = (x: number) => Math.round(x * 1000) / 1000;
-
-function print(r: ScenarioResult, json: boolean): void {
-  if (json) {
-    process.stdout.write(`${JSON.stringify(r)}\n`);
-    return;
-  }
-  const fields = Object.entries(r).filter(([k]) => k !== 'scenario').map(([k, v]) => `${k}=${v}`).join(' ');
-  process.stdout.write(`${r.scenario}: ${fields}\n`);
-}
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

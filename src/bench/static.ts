@@ -18,8 +18,7 @@ import { promisify } from 'node:util';
 import pLimit from 'p-limit';
 import { openContext, type DirectorContext } from '../app/context.js';
 import { deleteDeployment } from '../app/delete.js';
-import { deploy, prepare } from '../app/deploy.js';
-import type { EventRow } from '../tasks/tasks.js';
+import { print, round, run, timedRollout, type ScenarioResult } from './common.js';
 
 const execFileP = promisify(execFile);
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -228,12 +227,6 @@ export function staticHostsYaml(hosts: FleetHost[], opts: { pin?: boolean; inden
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-interface ScenarioResult {
-  scenario: string;
-  [key: string]: unknown;
-}
-
-const round = (x: number) => Math.round(x * 1000) / 1000;
 
 function manifest(o: { instances: number; greeting: string; canaries: number; maxInFlight: number }): string {
   return `name: bench-static
@@ -281,11 +274,6 @@ async function withFleet<T>(name: string, n: number, prefix: string, fn: (ws: { 
   }
 }
 
-async function run(ctx: DirectorContext, file: string, onEvent?: (e: EventRow) => void) {
-  const prepared = await prepare(ctx, { manifestPath: file });
-  const outcome = await deploy(ctx, prepared, { onEvent });
-  return { prepared, outcome };
-}
 
 async function static50(): Promise<ScenarioResult> {
   const N = 50;
@@ -296,29 +284,17 @@ async function static50(): Promise<ScenarioResult> {
     if (!setup.outcome.result?.ok) throw new Error(`setup of ${N} static hosts failed: ${JSON.stringify(setup.outcome.result?.failed[0])}`);
 
     writeFileSync(file, manifest({ instances: N, greeting: 'B', canaries: 1, maxInFlight: mif }));
-    const durations = new Map<string, number>();
-    const t0 = performance.now();
-    const { outcome } = await run(ctx, file, (e) => {
-      if (e.stage === 'update' && e.state === 'finished' && e.instance) durations.set(e.instance, Number(e.data?.durationMs));
-    });
-    const wallMs = performance.now() - t0;
-    const r = outcome.result!;
-    if (!r.ok) throw new Error(`static-50 failed: ${JSON.stringify(r.failed[0])}`);
-    const canary = outcome.plan.groups[0]!.waves[0]![0]!;
-    const tCanary = durations.get(canary)!;
-    const others = [...durations.entries()].filter(([k]) => k !== canary).map(([, v]) => v).sort((a, b) => a - b);
-    const tMedian = others[Math.floor(others.length / 2)]!;
-    const lowerBound = tCanary + Math.ceil((N - 1) / mif) * tMedian;
+    const t = await timedRollout(ctx, file, N, mif, 'static-50');
     return {
       scenario: 'static-50',
       instances: N,
       max_in_flight: mif,
-      canary_ms: tCanary,
-      instance_median_ms: tMedian,
-      wall_ms: Math.round(wallMs),
-      lower_bound_ms: lowerBound,
-      ratio: round(wallMs / lowerBound),
-      failures: r.failed.length,
+      canary_ms: t.canaryMs,
+      instance_median_ms: t.medianMs,
+      wall_ms: Math.round(t.wallMs),
+      lower_bound_ms: t.lowerBoundMs,
+      ratio: t.ratio,
+      failures: t.outcome.result!.failed.length,
     };
   });
 }
@@ -362,14 +338,6 @@ async function static300(): Promise<ScenarioResult> {
   });
 }
 
-function print(r: ScenarioResult, json: boolean): void {
-  if (json) {
-    process.stdout.write(`${JSON.stringify(r)}\n`);
-    return;
-  }
-  const fields = Object.entries(r).filter(([k]) => k !== 'scenario').map(([k, v]) => `${k}=${v}`).join(' ');
-  process.stdout.write(`${r.scenario}: ${fields}\n`);
-}
 
 /** Runs the selected static scenarios (static-50, static-300) and prints one line (or JSON) each. */
 export async function staticScenarios(selected: (name: string) => boolean, json: boolean): Promise<void> {

@@ -17,6 +17,7 @@ import { LocalCloudClient } from '../local-cloud/client.js';
 import type { Plan } from '../plan/types.js';
 import type { LogRow, TaskRow } from '../tasks/tasks.js';
 import { bashCompletion, zshCompletion } from './completion.js';
+import { collect, parseVars } from './options.js';
 import { followTask } from './follow.js';
 import { EventView, type ProgressPlan, type Terminal } from './progress.js';
 import { formatDuration, renderEvent, renderLogs, renderPlan, renderTask, renderTasks, renderVms, table } from './render.js';
@@ -73,17 +74,6 @@ function positiveInt(text: string, what: string): number {
   return n;
 }
 
-const collect = (value: string, previous: string[] = []) => [...previous, value];
-
-function parseVars(list: string[] = []): Record<string, string> {
-  const vars: Record<string, string> = {};
-  for (const item of list) {
-    const eq = item.indexOf('=');
-    if (eq <= 0) throw userError('var_malformed', `--var '${item.split('=')[0]}' has no value`, { hint: 'write --var NAME=VALUE' });
-    vars[item.slice(0, eq)] = item.slice(eq + 1);
-  }
-  return vars;
-}
 
 async function confirm(question: string): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stdout });

@@ -12,6 +12,7 @@ import { userError } from '../errors.js';
 import { LocalCloudClient } from '../local-cloud/client.js';
 import type { Problem } from '../repair/classify.js';
 import type { EventRow } from '../tasks/tasks.js';
+import { collect, parseVars } from './options.js';
 import { renderEvent, table } from './render.js';
 
 export interface CommandIo {
@@ -20,17 +21,6 @@ export interface CommandIo {
   isTty: boolean;
 }
 
-const collect = (value: string, previous: string[] = []) => [...previous, value];
-
-function parseVars(list: string[] = []): Record<string, string> {
-  const vars: Record<string, string> = {};
-  for (const item of list) {
-    const eq = item.indexOf('=');
-    if (eq <= 0) throw userError('var_malformed', `--var '${item.split('=')[0]}' has no value`, { hint: 'write --var NAME=VALUE' });
-    vars[item.slice(0, eq)] = item.slice(eq + 1);
-  }
-  return vars;
-}
 
 /** `90s`, `10m`, `2h`, or plain milliseconds. */
 export function parseDuration(text: string): number {
