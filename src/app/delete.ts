@@ -26,7 +26,8 @@ export async function deleteDeployment(ctx: DirectorContext, name: string, opts:
   try {
     return await withDeploymentLock(ctx.locks, ctx.tasks, name, taskId, async () => {
       // The planner with no instance groups desired: every instance is deleted, strays too.
-      const plan = makePlan({ deployment: name, groups: [] }, (await observe(ctx, providers, name)).observed);
+      const planned = makePlan({ deployment: name, groups: [] }, (await observe(ctx, providers, name)).observed);
+      const plan = { ...planned, instances: planned.instances.map((i) => ({ ...i, reasons: [{ code: 'deployment_deleted' as const }] })) };
       const loaded = { manifest: { name, releases: [], instanceGroups: [] }, cloudConfig: { clouds: dep.clouds, azs: [], vmTypes: [] }, vars: [] } as unknown as LoadedDeployment;
       const executor = new RolloutExecutor({
         store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, connector: new RoutingConnector(providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 3 }), ctx.keys.privateKey)),

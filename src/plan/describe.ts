@@ -14,6 +14,7 @@ export function describeReason(r: Reason): string {
     case 'az': return `az ${r.from} → ${r.to}`;
     case 'scale_down': return 'instance count lowered';
     case 'removed_group': return 'instance group removed from the manifest';
+    case 'deployment_deleted': return 'deployment deleted';
     case 'unresponsive_vm': return 'VM does not answer over SSH';
     case 'job_down': return `job down${r.keys?.length ? `: ${r.keys.join(', ')}` : ''}`;
     case 'config_drift': return `files changed on the VM: ${(r.keys ?? []).join(', ')}`;

@@ -20,6 +20,7 @@ export type ReasonCode =
   | 'az' // the instance's AZ left the group's list, or its AZ moved to another cloud
   | 'scale_down' // the group shrank
   | 'removed_group' // the instance group left the manifest
+  | 'deployment_deleted' // director delete-deployment
   | 'unresponsive_vm' // repair: the VM exists but SSH does not answer
   | 'job_down' // repair: a job is not running or fails its health check
   | 'config_drift'; // repair: files on the VM differ from what the director applied (keys: paths)
