@@ -4,8 +4,7 @@ import type { LoadedDeployment } from '../manifest/types.js';
 import { plan as makePlan } from '../plan/plan.js';
 import { ProviderSet } from '../providers/registry.js';
 import { RolloutExecutor, taskErrorFromFailure } from '../rollout/executor.js';
-import { SshInstanceConnector } from '../instance/agent.js';
-import { RoutingConnector } from '../instance/routing.js';
+import { instanceConnector } from '../instance/routing.js';
 import { Ssh2Connector } from '../ssh/connection.js';
 import { withDeploymentLock } from '../tasks/locks.js';
 import { taskErrorOf, type EventRow } from '../tasks/tasks.js';
@@ -30,7 +29,7 @@ export async function deleteDeployment(ctx: DirectorContext, name: string, opts:
       const plan = { ...planned, instances: planned.instances.map((i) => ({ ...i, reasons: [{ code: 'deployment_deleted' as const }] })) };
       const loaded = { manifest: { name, releases: [], instanceGroups: [] }, cloudConfig: { clouds: dep.clouds, azs: [], vmTypes: [] }, vars: [] } as unknown as LoadedDeployment;
       const executor = new RolloutExecutor({
-        store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, connector: new RoutingConnector(providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 3 }), ctx.keys.privateKey)),
+        store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers, connector: instanceConnector(providers, ctx.keys.privateKey, new Ssh2Connector({ connectAttempts: 3 })),
         keys: ctx.keys, directorId: ctx.directorId, loaded, releases: new Map(), desired: { deployment: name, groups: [] },
         healthChecks: new Map(), redact: (s) => s, onEvent: opts.onEvent, deleteInFlight: DELETE_IN_FLIGHT,
       });

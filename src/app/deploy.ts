@@ -13,9 +13,7 @@ import type { Desired, Plan } from '../plan/types.js';
 import { ProviderSet } from '../providers/registry.js';
 import { loadRelease, type Release } from '../release/release.js';
 import { RolloutExecutor, taskErrorFromFailure, type RolloutResult } from '../rollout/executor.js';
-import { SshInstanceConnector } from '../instance/agent.js';
-import { RoutingConnector } from '../instance/routing.js';
-import { Ssh2Connector } from '../ssh/connection.js';
+import { instanceConnector } from '../instance/routing.js';
 import type { SshConnector } from '../ssh/types.js';
 import { withDeploymentLock } from '../tasks/locks.js';
 import { taskErrorOf, type EventRow } from '../tasks/tasks.js';
@@ -38,6 +36,8 @@ export interface Prepared {
   healthChecks: Map<string, HealthCheckDef[]>;
   redact: (s: string) => string;
   warnings: string[];
+  /** the clouds the manifest's AZs map to */
+  clouds: string[];
 }
 
 export async function prepare(ctx: DirectorContext, input: DeployInput): Promise<Prepared> {
@@ -56,11 +56,11 @@ export async function prepare(ctx: DirectorContext, input: DeployInput): Promise
   const healthChecks = new Map<string, HealthCheckDef[]>();
   for (const ig of loaded.manifest.instanceGroups) healthChecks.set(ig.name, loadHealthChecks(ig.health, canaryDirs));
   const providers = ProviderSet.forCloudConfig(loaded.cloudConfig, ctx.home);
-  const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
-  const { observed } = await observe(ctx, providers, desired.deployment, usedClouds);
+  const clouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
+  const { observed } = await observe(ctx, providers, desired.deployment, clouds);
   const past = ctx.tasks.recentInstanceDurations(desired.deployment).sort((a, b) => a - b);
   const plan = makePlan(desired, observed, past.length >= 3 ? { instanceMs: past[Math.floor(past.length / 2)] } : {});
-  return { loaded, releases, desired, plan, providers, healthChecks, redact, warnings: (loaded as { warnings?: string[] }).warnings ?? [] };
+  return { loaded, releases, desired, plan, providers, healthChecks, redact, warnings: loaded.warnings ?? [], clouds };
 }
 
 /**
@@ -101,8 +101,7 @@ export async function deploy(
   try {
     return await withDeploymentLock(ctx.locks, ctx.tasks, desired.deployment, taskId, async () => {
       // The plan shown may be minutes old (a person read it): refuse it if what runs has changed.
-      const usedClouds = [...new Set(desired.groups.flatMap((g) => g.azs.map((a) => a.cloud)))];
-      const fresh = makePlan(desired, (await observe(ctx, prepared.providers, desired.deployment, usedClouds)).observed);
+      const fresh = makePlan(desired, (await observe(ctx, prepared.providers, desired.deployment, prepared.clouds)).observed);
       if (fresh.observedFingerprint !== plan.observedFingerprint) {
         throw userError('plan_stale', `the deployment changed since this plan was made (observed ${plan.observedFingerprint}, now ${fresh.observedFingerprint})`, { hint: 'run the command again to see the new plan' });
       }
@@ -119,7 +118,7 @@ export async function deploy(
         taskId,
         clock: ctx.clock,
         providers: prepared.providers,
-        connector: new RoutingConnector(prepared.providers, new SshInstanceConnector(opts.ssh ?? new Ssh2Connector(), ctx.keys.privateKey)),
+        connector: instanceConnector(prepared.providers, ctx.keys.privateKey, opts.ssh),
         keys: ctx.keys,
         directorId: ctx.directorId,
         loaded: prepared.loaded,

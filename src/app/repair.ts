@@ -7,8 +7,7 @@
  */
 import pLimit from 'p-limit';
 import { DirectorError, userError } from '../errors.js';
-import { SshInstanceConnector } from '../instance/agent.js';
-import { RoutingConnector } from '../instance/routing.js';
+import { instanceConnector } from '../instance/routing.js';
 import { resolveCount } from '../plan/plan.js';
 import type { Desired, Plan } from '../plan/types.js';
 import { TAG_DEPLOYMENT, TAG_DIRECTOR } from '../providers/provider.js';
@@ -130,7 +129,7 @@ const summarize = (problems: Problem[]) => {
 
 async function detect(ctx: DirectorContext, p: Prepared, deleteOrphans: boolean, onProblem: (p: Problem) => void): Promise<{ problems: Problem[]; probes: InstanceProbe[] }> {
   const name = p.desired.deployment;
-  const clouds = new Set([...ctx.store.instances(name).map((r) => r.cloud), ...p.desired.groups.flatMap((g) => g.azs.map((a) => a.cloud))]);
+  const clouds = new Set([...ctx.store.instances(name).map((r) => r.cloud), ...p.clouds]);
   const listed = new Map<string, { cloud: string; cid: string; tags: Record<string, string> }>();
   for (const cloud of clouds) {
     for (const vm of await p.providers.get(cloud).list({ [TAG_DIRECTOR]: ctx.directorId, [TAG_DEPLOYMENT]: name })) listed.set(`${cloud}/${vm.cid}`, { cloud, cid: vm.cid, tags: vm.tags });
@@ -138,7 +137,7 @@ async function detect(ctx: DirectorContext, p: Prepared, deleteOrphans: boolean,
   const recorded = new Set(ctx.store.vms(name).map((v) => `${v.cloud}/${v.cid}`));
   const orphans: OrphanVm[] = [...listed.entries()].filter(([key]) => !recorded.has(key)).map(([, v]) => v);
   // Short SSH patience: an unresponsive VM is a finding, not something to wait minutes for.
-  const connector = new RoutingConnector(p.providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 2, readyTimeoutMs: 5000 }), ctx.keys.privateKey));
+  const connector = instanceConnector(p.providers, ctx.keys.privateKey, new Ssh2Connector({ connectAttempts: 2, readyTimeoutMs: 5000 }));
   const planByInstance = new Map(p.plan.instances.map((i) => [i.instance, i]));
   const limit = pLimit(16);
   const probes = await Promise.all(
@@ -211,7 +210,7 @@ async function fix(ctx: DirectorContext, p: Prepared, taskId: number, problems: 
   const run = (plan: Plan): Promise<RolloutResult> =>
     new RolloutExecutor({
       store: ctx.store, tasks: ctx.tasks, taskId, clock: ctx.clock, providers: p.providers,
-      connector: new RoutingConnector(p.providers, new SshInstanceConnector(new Ssh2Connector({ connectAttempts: 3 }), ctx.keys.privateKey)),
+      connector: instanceConnector(p.providers, ctx.keys.privateKey, new Ssh2Connector({ connectAttempts: 3 })),
       keys: ctx.keys, directorId: ctx.directorId, loaded: p.loaded, releases: p.releases, desired, healthChecks: p.healthChecks,
       redact: p.redact, onEvent: opts.onEvent,
     }).run(plan);

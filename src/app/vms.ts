@@ -1,8 +1,7 @@
 /** `director vms`: each instance with its VM, where it runs, and the live state of its jobs. */
 import pLimit from 'p-limit';
-import { SshInstanceConnector } from '../instance/agent.js';
 import type { JobStatus } from '../instance/driver.js';
-import { RoutingConnector } from '../instance/routing.js';
+import { instanceConnector } from '../instance/routing.js';
 import { ProviderSet } from '../providers/registry.js';
 import { Ssh2Connector } from '../ssh/connection.js';
 import type { DirectorContext } from './context.js';
@@ -30,7 +29,7 @@ export async function listVms(ctx: DirectorContext, deployment?: string): Promis
   const limit = pLimit(16);
   for (const dep of deployments) {
     const providers = new ProviderSet(dep.clouds, ctx.home);
-    const connector = new RoutingConnector(providers, new SshInstanceConnector(ssh, ctx.keys.privateKey));
+    const connector = instanceConnector(providers, ctx.keys.privateKey, ssh);
     try {
       const { listed } = await observe(ctx, providers, dep.name);
       const rows = ctx.store.instances(dep.name);

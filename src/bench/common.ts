@@ -8,6 +8,42 @@ export interface ScenarioResult {
   [key: string]: unknown;
 }
 
+export interface BenchManifest {
+  name: string;
+  instances: number;
+  azs: string[];
+  greeting: string;
+  canaries: number;
+  maxInFlight: number;
+  /** canary and update watch time, "min-max" ms */
+  watch: string;
+}
+
+/** The hello release on one `web` group; scenarios change the greeting to roll a new version. */
+export function benchManifest(o: BenchManifest): string {
+  return `name: ${o.name}
+releases:
+- name: hello
+  path: ../releases/hello
+update:
+  canaries: ${o.canaries}
+  max_in_flight: ${o.maxInFlight}
+  canary_watch_time: ${o.watch}
+  update_watch_time: ${o.watch}
+instance_groups:
+- name: web
+  instances: ${o.instances}
+  azs: [${o.azs.join(', ')}]
+  vm_type: small
+  jobs:
+  - name: web
+    release: hello
+    properties:
+      greeting: ${o.greeting}
+  health: [http-health]
+`;
+}
+
 export const round = (x: number) => Math.round(x * 1000) / 1000;
 
 export async function run(ctx: DirectorContext, file: string, onEvent?: (e: EventRow) => void) {

@@ -15,12 +15,12 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { openContext, type DirectorContext } from '../app/context.js';
+import { openContext } from '../app/context.js';
 import { deleteDeployment } from '../app/delete.js';
 import { prepare } from '../app/deploy.js';
 import { LocalCloudClient } from '../local-cloud/client.js';
 import { SimCloud } from '../providers/sim/index.js';
-import { print, round, run, timedRollout, type ScenarioResult } from './common.js';
+import { benchManifest, print, round, run, timedRollout, type BenchManifest, type ScenarioResult } from './common.js';
 import { staticScenarios } from './static.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -53,29 +53,7 @@ function workspace(name: string, cloudConfig: string) {
   return { dir, home: join(dir, 'home'), manifest };
 }
 
-function manifest(o: { instances: number; azs: string[]; greeting: string; canaries: number; maxInFlight: number; watch: string }): string {
-  return `name: bench
-releases:
-- name: hello
-  path: ../releases/hello
-update:
-  canaries: ${o.canaries}
-  max_in_flight: ${o.maxInFlight}
-  canary_watch_time: ${o.watch}
-  update_watch_time: ${o.watch}
-instance_groups:
-- name: web
-  instances: ${o.instances}
-  azs: [${o.azs.join(', ')}]
-  vm_type: small
-  jobs:
-  - name: web
-    release: hello
-    properties:
-      greeting: ${o.greeting}
-  health: [http-health]
-`;
-}
+const manifest = (o: Omit<BenchManifest, 'name'>) => benchManifest({ name: 'bench', ...o });
 
 
 const SIM_STEP_MS = 250;

@@ -18,7 +18,7 @@ import { promisify } from 'node:util';
 import pLimit from 'p-limit';
 import { openContext, type DirectorContext } from '../app/context.js';
 import { deleteDeployment } from '../app/delete.js';
-import { print, round, run, timedRollout, type ScenarioResult } from './common.js';
+import { benchManifest, print, round, run, timedRollout, type BenchManifest, type ScenarioResult } from './common.js';
 
 const execFileP = promisify(execFile);
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -228,29 +228,8 @@ export function staticHostsYaml(hosts: FleetHost[], opts: { pin?: boolean; inden
 // Scenarios
 
 
-function manifest(o: { instances: number; greeting: string; canaries: number; maxInFlight: number }): string {
-  return `name: bench-static
-releases:
-- name: hello
-  path: ../releases/hello
-update:
-  canaries: ${o.canaries}
-  max_in_flight: ${o.maxInFlight}
-  canary_watch_time: 0-30000
-  update_watch_time: 0-30000
-instance_groups:
-- name: web
-  instances: ${o.instances}
-  azs: [z1, z2]
-  vm_type: small
-  jobs:
-  - name: web
-    release: hello
-    properties:
-      greeting: ${o.greeting}
-  health: [http-health]
-`;
-}
+const manifest = (o: Pick<BenchManifest, 'instances' | 'greeting' | 'canaries' | 'maxInFlight'>) =>
+  benchManifest({ name: 'bench-static', azs: ['z1', 'z2'], watch: '0-30000', ...o });
 
 async function withFleet<T>(name: string, n: number, prefix: string, fn: (ws: { dir: string; manifest: string; ctx: DirectorContext }) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), `director-bench-${name}-`));
